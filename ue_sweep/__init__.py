@@ -1,0 +1,1 @@
+"""ue-sweep: Unlearnable Clusters with DDP, swept over batch sizes on SLURM and LSF."""

@@ -1,0 +1,288 @@
+"""Structured-config schema of a ue-sweep job, and its validation.
+
+Hydra composes the YAML files in ``conf/`` on top of :class:`RootConfig` (registered in the
+ConfigStore as ``ue_sweep_schema``), so types are checked while composing. Ranges, choices and
+cross-field rules are declared next to each field with :func:`setting` and checked by
+:func:`validate` before any compute, each failure as one line naming the key, the value and what
+is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from ue_sweep.errors import ConfigError
+
+SCHEMA_NAME = "ue_sweep_schema"
+
+
+Choices = Sequence[str] | Callable[[], Sequence[str]]
+
+
+def setting(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    one_of: Choices | None = None,
+) -> Any:
+    """A dataclass field whose bounds or choices :func:`validate` enforces."""
+    rules = {"ge": ge, "gt": gt, "le": le, "lt": lt, "one_of": one_of}
+    return field(default=default, metadata={k: v for k, v in rules.items() if v is not None})
+
+
+def _dataset_names() -> Sequence[str]:
+    from ue_sweep.data.registry import dataset_names
+
+    return dataset_names()
+
+
+def _arch_names() -> Sequence[str]:
+    from ue_sweep.models.classifiers import arch_names
+
+    return arch_names()
+
+
+# --------------------------------------------------------------------------------------------
+# Config groups
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AugmentConfig:
+    """Tensor-side augmentation used whenever a model trains on the images."""
+
+    crop_padding: int = setting(4, ge=0)
+    hflip: bool = True
+
+
+@dataclass
+class DatasetConfig:
+    name: str = setting("digits", one_of=_dataset_names)
+    image_size: int = setting(32, ge=8, le=1024)
+    # Hold-out fraction for datasets without an official test split (digits).
+    test_fraction: float = setting(0.25, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class BatchSizeConfig:
+    """The sweep axis: per-device batch of the generator stage and how its learning rate scales."""
+
+    per_device: int = setting(64, ge=1)
+    lr_scaling: str = setting("none", one_of=("none", "linear", "sqrt"))
+    # Global batch at which `generator.lr` applies unscaled.
+    reference: int = setting(256, ge=1)
+
+    def lr_factor(self, global_batch: int) -> float:
+        ratio = global_batch / self.reference
+        return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling]
+
+
+@dataclass
+class TrainingConfig:
+    """SGD + per-step cosine schedule for a classifier (victims, fitted surrogates)."""
+
+    epochs: int = setting(10, ge=1)
+    # Global batch, split evenly over ranks, so a victim recipe does not change with the GPU count.
+    batch_size: int = setting(128, ge=1)
+    lr: float = setting(0.05, gt=0.0)
+    momentum: float = setting(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = setting(5e-4, ge=0.0)
+    min_lr: float = setting(1e-6, ge=0.0)
+    # Epochs between clean-test evaluations; the last epoch is always evaluated.
+    eval_every: int = setting(1, ge=1)
+
+
+@dataclass
+class ModelSpec:
+    arch: str = setting("small_cnn", one_of=_arch_names)
+    # Channel width of `small_cnn` (ignored by the ResNets).
+    width: int = setting(32, ge=4)
+    # ResNet stem: `cifar` (3x3 conv, no max-pool) for small images, `imagenet` for large ones.
+    stem: str = setting("auto", one_of=("auto", "cifar", "imagenet"))
+
+
+@dataclass
+class SurrogateConfig(ModelSpec):
+    weights: str = setting("fit", one_of=("pretrained", "none", "fit", "path"))
+    checkpoint: str | None = None
+    normalize: str = setting("none", one_of=("none", "imagenet"))
+    # Resize images to this size inside the surrogate (e.g. 224 for ImageNet weights).
+    input_size: int | None = setting(None, ge=8)
+    fit: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=3))
+
+
+@dataclass
+class ClustersConfig:
+    k: int = setting(10, ge=2)
+    n_init: int = setting(10, ge=1)
+    max_iter: int = setting(300, ge=1)
+    target: str = setting("cyclic", one_of=("cyclic", "derangement"))
+    # Cyclic shift: cluster i is pushed toward the center of cluster (i + offset) mod k.
+    offset: int = setting(1, ge=1)
+
+
+@dataclass
+class GeneratorConfig:
+    eps: float = setting(16 / 255, gt=0.0, le=1.0)
+    scope: str = setting("all", one_of=("all", "cluster"))
+    epochs: int = setting(50, ge=1)
+    lr: float = setting(1e-4, gt=0.0)
+    weight_decay: float = setting(5e-4, ge=0.0)
+    min_lr: float = setting(1e-6, ge=0.0)
+    ngf: int = setting(64, ge=1)
+    n_blocks: int = setting(6, ge=0)
+    n_downsampling: int = setting(2, ge=0, le=4)
+    # Most protected images per surrogate forward pass; bounds memory, not the batch semantics.
+    chunk_size: int = setting(4096, ge=1)
+
+
+@dataclass
+class VictimConfig(ModelSpec, TrainingConfig):
+    pass
+
+
+@dataclass
+class TrainerConfig:
+    # Local processes to spawn when no launcher (torchrun, SLURM, LSF) has started the ranks.
+    devices: int = setting(1, ge=1)
+    accelerator: str = setting("auto", one_of=("auto", "cpu", "cuda"))
+    backend: str = setting("auto", one_of=("auto", "gloo", "nccl"))
+    # Process-group rendezvous and collective timeout: a dead rank fails the job after this.
+    timeout_s: float = setting(600.0, gt=0.0)
+    precision: str = setting("fp32", one_of=("fp32", "bf16"))
+    # CPU threads per process; 0 splits the machine's cores evenly over local ranks.
+    threads: int = setting(0, ge=0)
+    progress: str = setting("auto", one_of=("auto", "bar", "log", "none"))
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = setting("none", one_of=("none",))
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "data"
+
+
+@dataclass
+class RootConfig:
+    seed: int = 0
+    # Also write the protected training set (uint8, as it would be published) next to the noise.
+    save_protected: bool = True
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    batch_size: BatchSizeConfig = field(default_factory=BatchSizeConfig)
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
+    clusters: ClustersConfig = field(default_factory=ClustersConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    victim: VictimConfig = field(default_factory=VictimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_schema() -> None:
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=RootConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _check_field(key: str, value: Any, rules: dict[str, Any]) -> None:
+    if value is None:
+        return
+    if "one_of" in rules:
+        choices = rules["one_of"]
+        choices = tuple(choices() if callable(choices) else choices)
+        if value not in choices:
+            raise ConfigError(key, value, "one of: " + ", ".join(choices))
+    bounds = []
+    if "gt" in rules:
+        bounds.append((value > rules["gt"], f"> {_fmt(rules['gt'])}"))
+    if "ge" in rules:
+        bounds.append((value >= rules["ge"], f">= {_fmt(rules['ge'])}"))
+    if "lt" in rules:
+        bounds.append((value < rules["lt"], f"< {_fmt(rules['lt'])}"))
+    if "le" in rules:
+        bounds.append((value <= rules["le"], f"<= {_fmt(rules['le'])}"))
+    if bounds and not all(ok for ok, _ in bounds):
+        kind = "an integer" if isinstance(value, int) else "a number"
+        raise ConfigError(key, value, f"{kind} " + " and ".join(text for _, text in bounds))
+
+
+def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any, dict[str, Any]]]:
+    for f in fields(node):
+        value = getattr(node, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value):
+            yield from _walk(value, key + ".")
+        else:
+            yield key, value, dict(f.metadata)
+
+
+def _check_cross_fields(cfg: RootConfig) -> None:
+    k = cfg.clusters.k
+    if cfg.clusters.target == "cyclic" and not cfg.clusters.offset < k:
+        raise ConfigError("clusters.offset", cfg.clusters.offset, f"1 <= offset < clusters.k={k}")
+    for name, stage in (("generator", cfg.generator), ("victim", cfg.victim)):
+        if stage.min_lr > stage.lr:
+            raise ConfigError(f"{name}.min_lr", stage.min_lr, f"<= {name}.lr={stage.lr:g}")
+    factor = 2**cfg.generator.n_downsampling
+    if cfg.dataset.image_size < 2 * factor:
+        raise ConfigError(
+            "generator.n_downsampling",
+            cfg.generator.n_downsampling,
+            f"2**n_downsampling <= dataset.image_size/2 = {cfg.dataset.image_size // 2}",
+        )
+    if cfg.surrogate.weights == "path" and not cfg.surrogate.checkpoint:
+        raise ConfigError(
+            "surrogate.checkpoint", None, "a checkpoint file when surrogate.weights=path"
+        )
+    _check_accelerator(cfg.trainer)
+    from ue_sweep.models.weights import check_surrogate_weights
+
+    check_surrogate_weights(cfg.surrogate)
+
+
+def _check_accelerator(trainer: TrainerConfig) -> None:
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if trainer.accelerator == "cuda" and not has_cuda:
+        raise ConfigError("trainer.accelerator", "cuda", "auto or cpu: no CUDA device is visible")
+    uses_cuda = trainer.accelerator == "cuda" or (trainer.accelerator == "auto" and has_cuda)
+    if trainer.backend == "nccl" and not uses_cuda:
+        raise ConfigError("trainer.backend", "nccl", "auto or gloo when training on the CPU")
+
+
+def validate(cfg: RootConfig) -> RootConfig:
+    """Check every field's declared rule, then the rules that span fields. Raises ConfigError."""
+    for key, value, rules in _walk(cfg):
+        _check_field(key, value, rules)
+    _check_cross_fields(cfg)
+    return cfg
+
+
+def to_root_config(cfg: DictConfig | RootConfig) -> RootConfig:
+    """Turn a composed Hydra config into a validated :class:`RootConfig` instance."""
+    if isinstance(cfg, RootConfig):
+        return validate(cfg)
+    merged = OmegaConf.merge(OmegaConf.structured(RootConfig), cfg)
+    return validate(OmegaConf.to_object(merged))

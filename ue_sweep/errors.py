@@ -1,0 +1,28 @@
+"""User-facing errors: Hydra prints their one-line message alone, without a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import CompactHydraException
+
+
+class UserError(CompactHydraException):
+    """Bad input the user can fix; raised before any compute."""
+
+
+class ConfigError(UserError):
+    """A configuration value is not acceptable."""
+
+    def __init__(self, key: str, value: Any, accepted: str) -> None:
+        self.key, self.value, self.accepted = key, value, accepted
+        super().__init__(f"config error: {key}={value!r} is not accepted; expected {accepted}")
+
+
+class MissingFileError(UserError):
+    """A needed file is absent or unreadable: says where it was looked for and how to get it."""
+
+    def __init__(self, what: str, expected: Path, fix: str, problem: str = "not found") -> None:
+        self.expected = expected
+        super().__init__(f"{what} {problem}: expected {expected.name} in {expected.parent}; {fix}")
