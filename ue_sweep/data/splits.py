@@ -1,0 +1,46 @@
+"""The in-memory form every dataset loader produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ImageSplits:
+    """Train and test images as uint8 ``[N, C, H, W]`` tensors with int64 labels.
+
+    uint8 is what a protected dataset is published as, and four times smaller than float on the
+    training device; stages convert batches to float in [0, 1] when they gather them.
+    """
+
+    name: str
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: tuple[str, ...]
+    # What served as the test set, recorded in every result (e.g. "official test split").
+    test_split: str
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+            if images.dtype != torch.uint8 or images.dim() != 4:
+                raise ValueError(f"{self.name} {split} images must be uint8 [N, C, H, W]")
+            if labels.shape != (images.shape[0],):
+                raise ValueError(f"{self.name} {split}: {labels.shape[0]} labels for "
+                                 f"{images.shape[0]} images")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_images.shape[-1])
