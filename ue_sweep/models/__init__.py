@@ -1,0 +1,1 @@
+"""Feature-returning classifiers (surrogates, victims) and the cluster generator bank."""

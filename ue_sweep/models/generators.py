@@ -1,0 +1,104 @@
+"""k cluster generators trained as one network.
+
+Each generator is the ResNet generator of the UC reference (7x7 stem, strided downsampling,
+residual blocks, transposed-conv upsampling, tanh), fed a fixed uniform-noise image. The k copies
+are built as grouped convolutions (``groups=k``) with per-channel batch norm, which makes them
+exactly k independent networks that one forward pass and one optimizer step advance together.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ue_sweep.seeding import generator
+
+
+def _norm(channels: int) -> nn.Module:
+    # Always batch statistics, as the reference uses them (its generators never leave train mode).
+    return nn.BatchNorm2d(channels, track_running_stats=False)
+
+
+class _GroupedResBlock(nn.Module):
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, groups=groups, bias=False),
+            _norm(channels),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, groups=groups, bias=False),
+            _norm(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class GeneratorBank(nn.Module):
+    """``forward()`` returns the k perturbations ``[k, C, H, W]``, each clamped to [-eps, eps]."""
+
+    def __init__(
+        self,
+        k: int,
+        channels: int,
+        image_size: int,
+        eps: float,
+        *,
+        ngf: int = 64,
+        n_blocks: int = 6,
+        n_downsampling: int = 2,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.k, self.channels, self.image_size, self.eps = k, channels, image_size, eps
+        step = 2**n_downsampling
+        size = math.ceil(image_size / step) * step
+        z = torch.rand(1, k * channels, size, size, generator=generator(seed, "generator-input"))
+        self.register_buffer("z", z)
+
+        width = k * ngf
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(k * channels, width, 7, groups=k, bias=False),
+            _norm(width),
+            nn.ReLU(True),
+        ]
+        for _ in range(n_downsampling):
+            layers += [
+                nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, groups=k, bias=False),
+                _norm(2 * width),
+                nn.ReLU(True),
+            ]
+            width *= 2
+        layers += [_GroupedResBlock(width, k) for _ in range(n_blocks)]
+        for _ in range(n_downsampling):
+            layers += [
+                nn.ConvTranspose2d(
+                    width,
+                    width // 2,
+                    3,
+                    stride=2,
+                    padding=1,
+                    output_padding=1,
+                    groups=k,
+                    bias=False,
+                ),
+                _norm(width // 2),
+                nn.ReLU(True),
+            ]
+            width //= 2
+        layers += [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(width, k * channels, 7, groups=k),
+            nn.Tanh(),
+        ]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self) -> torch.Tensor:
+        out = self.net(self.z).view(self.k, self.channels, *self.z.shape[-2:])
+        out = out[..., : self.image_size, : self.image_size]
+        return out.clamp(-self.eps, self.eps)
