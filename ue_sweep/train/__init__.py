@@ -1,0 +1,1 @@
+"""Classifier training (victims, fitted surrogates) and exact distributed evaluation."""

@@ -1,0 +1,131 @@
+"""Supervised training of a FeatureClassifier with DDP: SGD, momentum, per-step cosine."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ue_sweep.config import AugmentConfig, TrainingConfig
+from ue_sweep.data.batches import TensorStream
+from ue_sweep.distributed import Runtime
+from ue_sweep.models.classifiers import FeatureClassifier
+from ue_sweep.progress import Progress
+from ue_sweep.train.evaluate import EvalResult, evaluate
+
+EVAL_BATCH = 512
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_accuracy: float | None
+    lr: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    test: EvalResult
+    per_device_batch: int
+    global_batch: int
+    steps_per_epoch: int
+    seconds: float
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            **self.test.as_dict(),
+            "per_device_batch": self.per_device_batch,
+            "global_batch": self.global_batch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "seconds": self.seconds,
+            "history": [asdict(r) for r in self.history],
+        }
+
+
+def train_classifier(
+    model: FeatureClassifier,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    cfg: TrainingConfig,
+    augment: AugmentConfig,
+    rt: Runtime,
+    seed: int,
+    progress: Progress,
+    name: str,
+) -> TrainResult:
+    """Train ``model`` in place on uint8 images on ``rt.device``; evaluate on the test set."""
+    per_device = max(1, cfg.batch_size // rt.world_size)
+    stream = TensorStream(
+        train_images, train_labels, per_device, rt.env, seed, augment=augment, drop_last=True
+    )
+    ddp = rt.wrap(model)
+    optimizer = torch.optim.SGD(
+        ddp.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=cfg.epochs * len(stream), eta_min=cfg.min_lr
+    )
+    history: list[EpochRecord] = []
+    started = time.perf_counter()
+    test: EvalResult | None = None
+    with progress.stage(name, cfg.epochs * len(stream), cfg.epochs) as bar:
+        for epoch in range(cfg.epochs):
+            epoch_start = time.perf_counter()
+            model.train()
+            # [sum of per-sample losses, correct, samples] on this rank
+            sums = torch.zeros(3, device=rt.device, dtype=torch.float64)
+            lr = optimizer.param_groups[0]["lr"]
+            for batch in stream.epoch(epoch):
+                with rt.autocast():
+                    logits, _ = ddp(batch.images)
+                loss = F.cross_entropy(logits.float(), batch.labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                n = batch.labels.numel()
+                sums += torch.stack(
+                    [
+                        loss.detach().double() * n,
+                        (logits.argmax(1) == batch.labels).sum().double(),
+                        torch.tensor(float(n), device=rt.device, dtype=torch.float64),
+                    ]
+                )
+                bar.advance()
+            loss_sum, correct, seen = rt.all_reduce_sum(sums).tolist()
+            evaluated = epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0
+            if evaluated:
+                test = evaluate(model, test_images, test_labels, num_classes, EVAL_BATCH, rt)
+            record = EpochRecord(
+                epoch=epoch,
+                train_loss=loss_sum / max(seen, 1),
+                train_accuracy=correct / max(seen, 1),
+                test_accuracy=test.accuracy if evaluated and test is not None else None,
+                lr=lr,
+                seconds=time.perf_counter() - epoch_start,
+            )
+            history.append(record)
+            bar.epoch_done(
+                epoch,
+                loss=record.train_loss,
+                train_acc=record.train_accuracy,
+                test_acc="-" if record.test_accuracy is None else record.test_accuracy,
+            )
+    assert test is not None, "the last epoch is always evaluated"
+    return TrainResult(
+        test=test,
+        per_device_batch=per_device,
+        global_batch=per_device * rt.world_size,
+        steps_per_epoch=len(stream),
+        seconds=time.perf_counter() - started,
+        history=history,
+    )

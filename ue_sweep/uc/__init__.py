@@ -1,0 +1,1 @@
+"""Unlearnable Clusters: surrogate features -> k-means -> cluster generators -> protected data."""

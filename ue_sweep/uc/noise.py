@@ -1,0 +1,29 @@
+"""Applying cluster-wise noise: the protected training set and the random-noise control."""
+
+from __future__ import annotations
+
+import torch
+
+from ue_sweep.seeding import generator
+
+
+def apply_cluster_noise(
+    images: torch.Tensor, cluster_ids: torch.Tensor, noise: torch.Tensor, chunk: int = 4096
+) -> torch.Tensor:
+    """uint8 images + their cluster's noise, clamped to [0, 1] and rounded back to uint8.
+
+    The result is what a data owner would publish, so victims train on the quantised images.
+    """
+    out = torch.empty_like(images)
+    for start in range(0, len(images), chunk):
+        sl = slice(start, start + chunk)
+        x = images[sl].float().div(255) + noise[cluster_ids[sl]]
+        out[sl] = x.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+    return out
+
+
+def random_cluster_noise(like: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
+    """Uniform noise in [-eps, eps], one fixed pattern per cluster: the control for UC."""
+    g = generator(seed, "random-noise-control")
+    noise = torch.rand(like.shape, generator=g, dtype=torch.float32).mul_(2 * eps).sub_(eps)
+    return noise.to(like.device)

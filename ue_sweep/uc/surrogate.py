@@ -1,0 +1,86 @@
+"""The frozen surrogate whose feature space the clusters and the UC loss live in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ue_sweep.config import RootConfig
+from ue_sweep.data.splits import ImageSplits
+from ue_sweep.distributed import Runtime
+from ue_sweep.errors import MissingFileError
+from ue_sweep.models import weights
+from ue_sweep.models.classifiers import FeatureClassifier, build_classifier
+from ue_sweep.progress import Progress
+from ue_sweep.seeding import derive_seed
+from ue_sweep.train.classifier import train_classifier
+
+
+def _stored_state(cfg: RootConfig) -> tuple[dict[str, torch.Tensor] | None, str]:
+    s = cfg.surrogate
+    if s.weights == "pretrained":
+        path = weights.pretrained_file(s.arch)
+        return weights.read_state(path), f"torchvision {weights.IMAGENET_WEIGHTS[s.arch]} ({path})"
+    if s.weights == "path":
+        path = Path(str(s.checkpoint)).expanduser().absolute()
+        state = weights.read_state(path)
+        if "head.weight" not in state:
+            raise MissingFileError(
+                "surrogate checkpoint",
+                path,
+                "save the full classifier",
+                problem="has no classifier head (head.weight / fc.weight)",
+            )
+        return state, str(path)
+    return None, "random initialisation" if s.weights == "none" else "fitted in this job"
+
+
+def build_surrogate(
+    cfg: RootConfig, data: ImageSplits, rt: Runtime, progress: Progress
+) -> tuple[FeatureClassifier, dict[str, Any]]:
+    """Build the surrogate with the configured weights, frozen and in eval mode.
+
+    ``data`` must already be on ``rt.device``. With ``weights: fit`` the surrogate is first trained
+    (with DDP) on the protector's own training set.
+    """
+    s = cfg.surrogate
+    state, source = _stored_state(cfg)
+    torch.manual_seed(derive_seed(cfg.seed, "surrogate-init"))
+    model = build_classifier(
+        s,
+        in_channels=data.channels,
+        num_classes=weights.head_classes(state) if state is not None else data.num_classes,
+        image_size=data.image_size,
+        normalize=s.normalize,
+        input_size=s.input_size,
+    )
+    if state is not None:
+        weights.load_into(model, state, s.arch, source)
+    model.to(rt.device)
+    info: dict[str, Any] = {"arch": s.arch, "weights": s.weights, "source": source}
+    if s.weights == "fit":
+        fit = train_classifier(
+            model,
+            data.train_images,
+            data.train_labels,
+            data.test_images,
+            data.test_labels,
+            data.num_classes,
+            s.fit,
+            cfg.dataset.augment,
+            rt,
+            seed=derive_seed(cfg.seed, "surrogate-fit"),
+            progress=progress,
+            name="surrogate fit",
+        )
+        # DDP keeps parameters in sync but each rank updates its own BN statistics last.
+        rt.sync_buffers(model)
+        info["fit"] = {
+            "epochs": s.fit.epochs,
+            "test_accuracy": fit.test.accuracy,
+            "seconds": fit.seconds,
+        }
+    model.eval().requires_grad_(False)
+    return model, info
