@@ -1,0 +1,119 @@
+"""The ``ue-sweep`` command: a Hydra app running one UC job per (multirun) grid point."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from ue_sweep.config import register_schema, to_root_config
+from ue_sweep.distributed import env_from_launcher
+from ue_sweep.errors import UserError
+from ue_sweep.job import run_job
+from ue_sweep.summary import format_summary
+from ue_sweep.tracking import ResultRecorder
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def numeric_groups() -> frozenset[str]:
+    """Config groups whose option names are numbers (``batch_size``, ``clusters``)."""
+    conf = resources.files("ue_sweep.conf")
+    return frozenset(
+        group.name
+        for group in conf.iterdir()
+        if group.is_dir()
+        and (
+            stems := [
+                f.name.removesuffix(".yaml") for f in group.iterdir() if f.name.endswith(".yaml")
+            ]
+        )
+        and all(stem.isdigit() for stem in stems)
+    )
+
+
+def quote_numeric_choices(args: Sequence[str]) -> list[str]:
+    """Let ``batch_size=256`` and ``-m clusters=5,10`` pick numeric config-group options.
+
+    Hydra's override parser reads ``256`` as an integer and refuses it as a group choice; the
+    documented workaround is quoting (``batch_size='"256"'``), which this does for the user.
+    """
+    pattern = re.compile(r"^(?P<group>[\w/]+)=(?P<values>\d+(?:,\d+)*)$")
+    out = []
+    for arg in args:
+        match = pattern.match(arg)
+        if match and match["group"] in numeric_groups():
+            values = ",".join(f'"{v}"' for v in match["values"].split(","))
+            arg = f"{match['group']}={values}"
+        out.append(arg)
+    return out
+
+
+def plain_override(override: str) -> str:
+    """``batch_size="256"`` -> ``batch_size=256``, for records and run names."""
+    return re.sub(r"=([\"'])(\d+)\1$", r"=\2", override)
+
+
+def _launcher_rank() -> int:
+    env = env_from_launcher()
+    return env.rank if env is not None else 0
+
+
+def _register_resolvers() -> None:
+    # `eps: ${div:16,255}` reads like the papers write it.
+    OmegaConf.register_new_resolver("div", lambda a, b: a / b, replace=True)
+    # Ranks started by an external launcher share one Hydra run directory politely.
+    OmegaConf.register_new_resolver(
+        "ue_sweep.rank_zero_only",
+        lambda value: value if _launcher_rank() == 0 else None,
+        replace=True,
+    )
+    OmegaConf.register_new_resolver(
+        "ue_sweep.rank_suffix",
+        lambda: "" if _launcher_rank() == 0 else f".rank{_launcher_rank()}",
+        replace=True,
+    )
+
+
+register_schema()
+_register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://ue_sweep.conf", config_name="config")
+def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = [plain_override(o) for o in hydra_cfg.overrides.task]
+    recorder = ResultRecorder.for_job(job_dir, OmegaConf.to_container(cfg, resolve=True), overrides)
+    try:
+        root = to_root_config(cfg)
+        record = run_job(root, job_dir, recorder, log_file=job_dir / f"{hydra_cfg.job.name}.log")
+    except UserError as err:
+        if _launcher_rank() == 0:
+            recorder.failed(err)
+        if hydra_cfg.mode == RunMode.RUN:
+            # One line and a usage exit status; in a multirun Hydra names the failing job and the
+            # sibling jobs carry on.
+            print(err, file=sys.stderr)
+            raise SystemExit(2) from err
+        raise
+    if record is None:
+        return None
+    log.info("\n%s", format_summary(record, str(recorder.path)))
+    return record["metrics"]["accuracy"]
+
+
+def main() -> None:
+    sys.argv[1:] = quote_numeric_choices(sys.argv[1:])
+    hydra_job()

@@ -1,0 +1,100 @@
+"""One job: start its ranks (in this process, or ``trainer.devices`` spawned ones) and record it.
+
+``result.json`` says ``running`` from the start, then ``completed`` with the outcome or ``failed``
+with the error. Rank 0 writes it; when this process spawned the ranks it also records a failure
+that rank 0 could not (another rank died and rank 0 was terminated).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
+
+from ue_sweep.config import RootConfig
+from ue_sweep.distributed import DistEnv, env_from_launcher, runtime, spawn
+from ue_sweep.pipeline import run_pipeline
+from ue_sweep.progress import Progress
+from ue_sweep.tracking import ResultRecorder
+
+log = logging.getLogger(__name__)
+
+
+class RankFailedError(RuntimeError):
+    """A spawned rank raised or died; the job is failed and every rank stopped."""
+
+
+def _describe(err: ProcessRaisedException | ProcessExitedException, world: int) -> str:
+    if isinstance(err, ProcessExitedException):
+        how = f"signal {err.signal_name}" if err.signal_name else f"exit code {err.exit_code}"
+        return f"rank {err.error_index} of {world} died ({how}); the other ranks were stopped"
+    last = [line for line in str(err).strip().splitlines() if line.strip()][-1]
+    return f"rank {err.error_index} of {world} failed: {last}"
+
+
+def _configure_spawned_logging(env: DistEnv, log_file: Path | None) -> None:
+    """A spawned rank starts without Hydra's logging: rank 0 mirrors it, others warn only."""
+    fmt = logging.Formatter(
+        "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+        if env.is_main
+        else f"[rank {env.rank}][%(levelname)s] - %(message)s"
+    )
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if env.is_main and log_file is not None:
+        handlers.append(logging.FileHandler(log_file, mode="a"))
+    root = logging.getLogger()
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _rank_main(
+    env: DistEnv, cfg: RootConfig, job_dir: Path, recorder: ResultRecorder, log_file: Path | None
+) -> dict[str, Any] | None:
+    if env.launcher == "spawn":
+        _configure_spawned_logging(env, log_file)
+    if not env.is_main:
+        logging.getLogger("ue_sweep").setLevel(logging.WARNING)
+    progress = Progress(cfg.trainer.progress, enabled=env.is_main)
+    try:
+        with runtime(env, cfg.trainer) as rt:
+            outcome = run_pipeline(cfg, rt, job_dir, progress)
+    except BaseException as err:
+        if env.is_main:
+            recorder.failed(err)
+        raise
+    return recorder.completed(outcome) if env.is_main else None
+
+
+def run_job(
+    cfg: RootConfig, job_dir: Path, recorder: ResultRecorder, log_file: Path | None = None
+) -> dict[str, Any] | None:
+    """Run the job; returns the completed record on rank 0 (None on other ranks)."""
+    env = env_from_launcher()
+    if env is not None and cfg.trainer.devices not in (1, env.local_world_size):
+        log.warning(
+            "trainer.devices=%d ignored: %s started %d local ranks",
+            cfg.trainer.devices,
+            env.launcher,
+            env.local_world_size,
+        )
+    if env is None and cfg.trainer.devices > 1:
+        recorder.running()
+        world = cfg.trainer.devices
+        try:
+            spawn(_rank_main, world, args=(cfg, job_dir, recorder, log_file))
+        except (ProcessRaisedException, ProcessExitedException) as err:
+            error = RankFailedError(_describe(err, world))
+            record = recorder.read()
+            if record is None or record["status"] != "failed":
+                recorder.failed(error)
+            raise error from err
+        return recorder.read()
+    env = env or DistEnv()
+    if env.is_main:
+        recorder.running()
+    return _rank_main(env, cfg, job_dir, recorder, log_file)

@@ -1,0 +1,242 @@
+"""The stages of one Unlearnable Clusters job, as run by every rank.
+
+data -> surrogate -> features -> k-means -> fused generator training -> protected set and
+random-noise control -> victims trained from scratch on clean, protected and control data ->
+clean-test accuracy of each. Rank 0 writes the artifacts; the caller writes the result file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ue_sweep.config import RootConfig
+from ue_sweep.data.registry import load_dataset
+from ue_sweep.data.splits import ImageSplits
+from ue_sweep.distributed import Runtime
+from ue_sweep.errors import ConfigError
+from ue_sweep.models.classifiers import build_classifier
+from ue_sweep.models.generators import GeneratorBank
+from ue_sweep.progress import Progress
+from ue_sweep.seeding import derive_seed
+from ue_sweep.tracking import atomic_torch_save
+from ue_sweep.train.classifier import train_classifier
+from ue_sweep.uc.clustering import cluster_features
+from ue_sweep.uc.features import extract_features
+from ue_sweep.uc.noise import apply_cluster_noise, random_cluster_noise
+from ue_sweep.uc.surrogate import build_surrogate
+from ue_sweep.uc.train_generators import train_generators
+
+NOISE_FILE = "noise.pt"
+PROTECTED_FILE = "protected_train.pt"
+SURROGATE_FILE = "surrogate.pt"
+FEATURE_BATCH = 512
+CONDITIONS = ("clean", "protected", "random_noise")
+
+
+class StageTimer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def check_against_data(cfg: RootConfig, data: ImageSplits) -> None:
+    """Rules that need the loaded dataset; still before any compute."""
+    n = len(data.train_images)
+    if cfg.clusters.k > n:
+        raise ConfigError(
+            "clusters.k", cfg.clusters.k, f"at most the {n} training images of {data.name}"
+        )
+    if cfg.surrogate.weights == "pretrained" and data.channels != 3:
+        raise ConfigError(
+            "surrogate.weights",
+            "pretrained",
+            f"a 3-channel dataset for ImageNet weights ({data.name} has {data.channels})",
+        )
+
+
+def _on_device(data: ImageSplits, device: torch.device) -> ImageSplits:
+    return replace(
+        data,
+        train_images=data.train_images.to(device),
+        train_labels=data.train_labels.to(device),
+        test_images=data.test_images.to(device),
+        test_labels=data.test_labels.to(device),
+    )
+
+
+def run_pipeline(cfg: RootConfig, rt: Runtime, job_dir: Path, progress: Progress) -> dict[str, Any]:
+    """Run every stage on this rank; returns the outcome that goes into ``result.json``."""
+    timer = StageTimer()
+    started = time.perf_counter()
+    with timer("data"):
+        data = load_dataset(cfg.dataset, cfg.paths)
+        check_against_data(cfg, data)
+        data = _on_device(data, rt.device)
+    progress.info(
+        "%s: %d train / %d test images, %d classes, %dx%dx%d; world size %d on %s",
+        data.name,
+        len(data.train_images),
+        len(data.test_images),
+        data.num_classes,
+        data.channels,
+        data.image_size,
+        data.image_size,
+        rt.world_size,
+        rt.device,
+    )
+
+    with timer("surrogate"):
+        surrogate, surrogate_info = build_surrogate(cfg, data, rt, progress)
+    if rt.is_main and cfg.surrogate.weights == "fit":
+        atomic_torch_save(job_dir / SURROGATE_FILE, surrogate.state_dict())
+
+    with timer("features"):
+        features = extract_features(surrogate, data.train_images, FEATURE_BATCH, rt)
+    with timer("kmeans"):
+        clusters = cluster_features(features, cfg.clusters, cfg.seed, rt)
+    progress.info(
+        "k-means: %d clusters of sizes %s, NMI with the classes %.2f",
+        clusters.k,
+        clusters.sizes,
+        clusters.label_agreement(data.train_labels),
+    )
+
+    with timer("generators"):
+        torch.manual_seed(derive_seed(cfg.seed, "generator-init"))
+        g = cfg.generator
+        bank = GeneratorBank(
+            clusters.k,
+            data.channels,
+            data.image_size,
+            g.eps,
+            ngf=g.ngf,
+            n_blocks=g.n_blocks,
+            n_downsampling=g.n_downsampling,
+            seed=cfg.seed,
+        ).to(rt.device)
+        generator_stats = train_generators(
+            bank,
+            surrogate,
+            data.train_images,
+            clusters,
+            g,
+            cfg.batch_size,
+            cfg.dataset.augment,
+            rt,
+            seed=derive_seed(cfg.seed, "generator-data"),
+            progress=progress,
+        )
+
+    with timer("noise"), torch.no_grad():
+        noise = bank().float()
+        control_noise = random_cluster_noise(noise, g.eps, cfg.seed)
+        train_sets = {
+            "clean": data.train_images,
+            "protected": apply_cluster_noise(data.train_images, clusters.ids, noise),
+            "random_noise": apply_cluster_noise(data.train_images, clusters.ids, control_noise),
+        }
+    if rt.is_main:
+        atomic_torch_save(
+            job_dir / NOISE_FILE,
+            {
+                "noise": noise.cpu(),
+                "random_noise": control_noise.cpu(),
+                "cluster_ids": clusters.ids.cpu(),
+                "centers": clusters.centers.cpu(),
+                "targets": clusters.targets.cpu(),
+                "eps": g.eps,
+            },
+        )
+        if cfg.save_protected:
+            atomic_torch_save(
+                job_dir / PROTECTED_FILE,
+                {
+                    "images": train_sets["protected"].cpu(),
+                    "labels": data.train_labels.cpu(),
+                    "classes": list(data.classes),
+                },
+            )
+
+    victims: dict[str, dict[str, Any]] = {}
+    with timer("victims"):
+        for condition in CONDITIONS:
+            # Same initial weights and data order for every condition: only the images differ.
+            torch.manual_seed(derive_seed(cfg.seed, "victim-init"))
+            model = build_classifier(
+                cfg.victim,
+                in_channels=data.channels,
+                num_classes=data.num_classes,
+                image_size=data.image_size,
+            ).to(rt.device)
+            outcome = train_classifier(
+                model,
+                train_sets[condition],
+                data.train_labels,
+                data.test_images,
+                data.test_labels,
+                data.num_classes,
+                cfg.victim,
+                cfg.dataset.augment,
+                rt,
+                seed=derive_seed(cfg.seed, "victim-data"),
+                progress=progress,
+                name=f"victim ({condition})",
+            )
+            victims[condition] = outcome.as_dict()
+    timer.seconds["total"] = time.perf_counter() - started
+
+    accuracy = {c: victims[c]["accuracy"] for c in CONDITIONS}
+    return {
+        "world_size": rt.world_size,
+        "launcher": rt.env.launcher,
+        "device": str(rt.device),
+        "backend": rt.backend,
+        "dataset": {
+            "name": data.name,
+            "train_size": len(data.train_images),
+            "test_size": len(data.test_images),
+            "num_classes": data.num_classes,
+            "channels": data.channels,
+            "image_size": data.image_size,
+            "test_split": data.test_split,
+        },
+        "batch": {
+            "per_device": generator_stats.per_device_batch,
+            "global": generator_stats.global_batch,
+            "lr_scaling": cfg.batch_size.lr_scaling,
+            "lr_factor": generator_stats.lr_factor,
+        },
+        "surrogate": surrogate_info,
+        "clusters": clusters.summary(data.train_labels),
+        "generator": generator_stats.as_dict(),
+        "throughput": {
+            "generator_images_per_s": generator_stats.images_per_s,
+            "generator_samples_per_s": generator_stats.samples_per_s,
+        },
+        "timings_s": timer.seconds,
+        "metrics": {
+            "accuracy": accuracy,
+            "accuracy_drop": accuracy["clean"] - accuracy["protected"],
+            "control_gap": accuracy["random_noise"] - accuracy["protected"],
+            "victims": victims,
+        },
+        "artifacts": {
+            "noise": NOISE_FILE,
+            "protected_train": PROTECTED_FILE if cfg.save_protected else None,
+            "surrogate": SURROGATE_FILE if cfg.surrogate.weights == "fit" else None,
+        },
+    }
