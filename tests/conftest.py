@@ -1,0 +1,62 @@
+"""Shared fixtures: composed configs, a runner for the real `ue-sweep` command, tiny datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from ue_sweep.cli import quote_numeric_choices  # also registers the schema and resolvers
+from ue_sweep.config import TrainerConfig
+from ue_sweep.distributed import DistEnv, Runtime, runtime
+
+REPO = Path(__file__).resolve().parents[1]
+# Seconds-sized settings shared by tests that run the whole pipeline.
+SMOKE = ["experiment=smoke", "trainer.progress=log"]
+
+
+@pytest.fixture
+def compose_cfg() -> Callable[..., DictConfig]:
+    def _compose(*overrides: str) -> DictConfig:
+        with initialize_config_module("ue_sweep.conf", version_base="1.3"):
+            return compose("config", overrides=quote_numeric_choices(overrides))
+
+    return _compose
+
+
+@pytest.fixture
+def rt() -> Iterator[Runtime]:
+    """A single-process gloo process group on the CPU."""
+    with runtime(DistEnv(), TrainerConfig(accelerator="cpu")) as started:
+        yield started
+
+
+def ue_sweep_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0", **extra)
+    return env
+
+
+def run_cli(
+    args: list[str], cwd: Path, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess:
+    """Run the installed `ue-sweep` command as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "ue_sweep", *args],
+        cwd=cwd,
+        env=ue_sweep_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_results(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("result.json"))]

@@ -1,0 +1,122 @@
+"""Rank bodies for the distributed tests: importable, so spawned ranks can unpickle them.
+
+``python -m tests.dist_workers collective-loop`` also runs one rank of a process group started
+from the torch.distributed environment variables, for the dead-rank test.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+
+from ue_sweep.config import (
+    AugmentConfig,
+    BatchSizeConfig,
+    ClustersConfig,
+    GeneratorConfig,
+    ModelSpec,
+    TrainerConfig,
+)
+from ue_sweep.distributed import DistEnv, env_from_launcher, runtime
+from ue_sweep.models.classifiers import FeatureClassifier, build_classifier
+from ue_sweep.models.generators import GeneratorBank
+from ue_sweep.progress import Progress
+from ue_sweep.train.evaluate import evaluate
+from ue_sweep.uc.clustering import cluster_features
+from ue_sweep.uc.features import extract_features
+from ue_sweep.uc.train_generators import train_generators
+
+CPU = TrainerConfig(accelerator="cpu", timeout_s=60)
+
+
+def separable_images(n: int, k: int) -> torch.Tensor:
+    """``n`` uint8 8x8 images around ``k`` well-separated prototypes, so k-means is stable."""
+    g = torch.Generator().manual_seed(1)
+    prototypes = torch.rand(k, 1, 8, 8, generator=g)
+    images = prototypes[torch.arange(n) % k] + 0.05 * torch.randn(n, 1, 8, 8, generator=g)
+    return images.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def calibrated_surrogate(images: torch.Tensor) -> FeatureClassifier:
+    """A random small CNN whose BN statistics come from ``images``, so its features vary."""
+    torch.manual_seed(0)
+    model = build_classifier(ModelSpec(width=4), in_channels=1, num_classes=3, image_size=8)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average over the calibration pass
+    with torch.no_grad():
+        model.train()(images.float() / 255)
+    return model.eval().requires_grad_(False)
+
+
+def train_bank(env: DistEnv, out: str, per_device: int, scope: str) -> None:
+    with runtime(env, CPU) as rt:
+        images = separable_images(48, 3)
+        surrogate = calibrated_surrogate(images)
+        features = extract_features(surrogate, images, 5, rt)
+        clusters = cluster_features(features, ClustersConfig(k=3, n_init=2), 0, rt)
+        torch.manual_seed(2)
+        bank = GeneratorBank(3, 1, 8, eps=0.3, ngf=4, n_blocks=1, n_downsampling=1)
+        initial = {name: t.clone() for name, t in bank.state_dict().items()}
+        stats = train_generators(
+            bank,
+            surrogate,
+            images,
+            clusters,
+            GeneratorConfig(epochs=3, lr=1e-2, eps=0.3, scope=scope),
+            BatchSizeConfig(per_device=per_device),
+            AugmentConfig(crop_padding=1, hflip=True),
+            rt,
+            seed=3,
+            progress=Progress("none"),
+        )
+        if rt.is_main:
+            torch.save(
+                {
+                    "bank": bank.state_dict(),
+                    "initial": initial,
+                    "ids": clusters.ids.cpu(),
+                    "loss": stats.loss_history,
+                    "global_batch": stats.global_batch,
+                },
+                out,
+            )
+
+
+def evaluate_and_gather(env: DistEnv, out: str) -> None:
+    with runtime(env, CPU) as rt:
+        torch.manual_seed(0)
+        model = build_classifier(ModelSpec(width=4), in_channels=1, num_classes=3, image_size=8)
+        g = torch.Generator().manual_seed(5)
+        images = (torch.rand(101, 1, 8, 8, generator=g) * 255).to(torch.uint8)
+        labels = torch.randint(0, 3, (101,), generator=g)
+        result = evaluate(model, images, labels, 3, batch_size=8, rt=rt)
+        gathered = rt.all_gather_rows(torch.full((rt.rank + 1, 2), float(rt.rank)))
+        if rt.is_main:
+            torch.save(
+                {
+                    "correct": result.per_class_correct,
+                    "total": result.per_class_total,
+                    "gathered": gathered.cpu(),
+                },
+                out,
+            )
+
+
+def collective_loop() -> None:
+    env = env_from_launcher()
+    assert env is not None
+    trainer = TrainerConfig(accelerator="cpu", timeout_s=float(os.environ["UE_TEST_TIMEOUT"]))
+    with runtime(env, trainer) as rt:
+        print("ready", flush=True)
+        while True:
+            rt.all_reduce_sum(torch.ones(1))
+            time.sleep(0.01)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["collective-loop"]:
+        collective_loop()

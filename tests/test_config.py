@@ -1,0 +1,168 @@
+"""Config composition, the sweep-axis groups, and validation errors (one line, before compute)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+from ue_sweep.cli import numeric_groups, plain_override, quote_numeric_choices
+from ue_sweep.config import BatchSizeConfig, RootConfig, to_root_config, validate
+from ue_sweep.data.registry import load_dataset
+from ue_sweep.errors import ConfigError, MissingFileError
+from ue_sweep.pipeline import check_against_data
+
+
+def test_default_config_is_the_digits_demo(compose_cfg):
+    cfg = to_root_config(compose_cfg())
+    assert isinstance(cfg, RootConfig)
+    assert cfg.dataset.name == "digits"
+    assert cfg.batch_size.per_device == 64
+    assert cfg.clusters.k == 10
+    assert cfg.surrogate.weights == "fit"
+    assert cfg.generator.eps == pytest.approx(20 / 255)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "check"),
+    [
+        (["batch_size=256"], lambda c: c.batch_size.per_device == 256),
+        (["clusters=5"], lambda c: c.clusters.k == 5),
+        (["clusters.k=7"], lambda c: c.clusters.k == 7),
+        (["generator=resnet"], lambda c: c.generator.ngf == 64 and c.generator.epochs == 50),
+        (["generator.eps=${div:8,255}"], lambda c: math.isclose(c.generator.eps, 8 / 255)),
+    ],
+)
+def test_groups_and_keys_compose(compose_cfg, overrides, check):
+    assert check(to_root_config(compose_cfg(*overrides)))
+
+
+def test_reference_experiment_selects_the_paper_setup(compose_cfg):
+    # Validating it needs the ResNet-50 weights in the torch cache (see the pretrained tests).
+    cfg = compose_cfg("experiment=reference")
+    assert (cfg.surrogate.arch, cfg.surrogate.weights) == ("resnet50", "pretrained")
+    assert (cfg.victim.arch, cfg.victim.epochs, cfg.victim.batch_size) == ("resnet18", 90, 512)
+    assert cfg.generator.eps == pytest.approx(16 / 255)
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "accepted"),
+    [
+        ("batch_size.per_device=-1", "batch_size.per_device=-1", "an integer >= 1"),
+        ("batch_size.per_device=0", "batch_size.per_device=0", "an integer >= 1"),
+        ("generator.eps=0", "generator.eps=0.0", "a number > 0 and <= 1"),
+        ("generator.eps=1.5", "generator.eps=1.5", "a number > 0 and <= 1"),
+        ("dataset.name=imagenet", "dataset.name='imagenet'", "one of: digits"),
+        ("surrogate.arch=vgg16", "surrogate.arch='vgg16'", "one of: small_cnn, resnet18"),
+        ("victim.arch=vit", "victim.arch='vit'", "one of: small_cnn, resnet18"),
+        ("clusters.k=1", "clusters.k=1", "an integer >= 2"),
+        ("clusters.offset=10", "clusters.offset=10", "1 <= offset < clusters.k=10"),
+        ("clusters.target=random", "clusters.target='random'", "one of: cyclic, derangement"),
+        ("generator.scope=some", "generator.scope='some'", "one of: all, cluster"),
+        ("batch_size.lr_scaling=cubic", "batch_size.lr_scaling='cubic'", "none, linear, sqrt"),
+        ("trainer.backend=nccl", "trainer.backend='nccl'", "auto or gloo"),
+        ("victim.min_lr=1", "victim.min_lr=1.0", "<= victim.lr"),
+        ("surrogate.weights=path", "surrogate.checkpoint=None", "a checkpoint file"),
+        ("surrogate.weights=pretrained", "surrogate.weights='pretrained'", "ImageNet weights"),
+        ("generator.n_downsampling=4", "generator.n_downsampling=4", "<= dataset.image_size/2"),
+    ],
+)
+def test_bad_values_fail_naming_key_value_and_accepted(compose_cfg, override, key, accepted):
+    if override == "trainer.backend=nccl" and torch.cuda.is_available():
+        pytest.skip("nccl is valid where a GPU is visible")
+    with pytest.raises(ConfigError) as err:
+        to_root_config(compose_cfg(override))
+    message = str(err.value)
+    assert "\n" not in message
+    assert key in message
+    assert accepted in message
+
+
+def test_pretrained_weights_missing_from_cache_say_where_and_how(
+    compose_cfg, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(MissingFileError) as err:
+        to_root_config(compose_cfg("surrogate=resnet18"))
+    message = str(err.value)
+    assert "resnet18-f37072fd.pth" in message
+    assert str(tmp_path / "hub" / "checkpoints") in message
+    assert "ResNet18_Weights.IMAGENET1K_V1" in message
+
+
+def test_checkpoint_path_must_exist(compose_cfg, tmp_path):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(MissingFileError, match=r"nope\.pt"):
+        to_root_config(compose_cfg("surrogate.weights=path", f"surrogate.checkpoint={missing}"))
+
+
+def test_more_clusters_than_images_is_rejected_before_compute(compose_cfg):
+    cfg = to_root_config(compose_cfg("clusters.k=5000"))
+    data = load_dataset(cfg.dataset, cfg.paths)
+    with pytest.raises(ConfigError, match=r"clusters.k=5000 .* at most the 1347 training images"):
+        check_against_data(cfg, data)
+
+
+def test_validate_checks_nested_dataclasses():
+    cfg = RootConfig()
+    cfg.dataset.augment.crop_padding = -2
+    with pytest.raises(ConfigError, match=r"dataset.augment.crop_padding=-2"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize(("rule", "factor"), [("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)])
+def test_lr_scaling_rules(rule, factor):
+    assert BatchSizeConfig(lr_scaling=rule, reference=256).lr_factor(1024) == factor
+
+
+def test_cli_reports_bad_value_in_one_line_and_records_failure(tmp_path: Path):
+    proc = run_cli(["batch_size.per_device=-1", "hydra.run.dir=job"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert errors == [
+        "config error: batch_size.per_device=-1 is not accepted; expected an integer >= 1"
+    ]
+    record = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert record["status"] == "failed"
+    assert record["error"]["type"] == "ConfigError"
+    assert not (tmp_path / "job" / "noise.pt").exists()
+
+
+def test_cli_rejects_too_many_clusters_before_training(tmp_path: Path):
+    proc = run_cli(["clusters.k=5000", "hydra.run.dir=job"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert (
+        "clusters.k=5000 is not accepted; expected at most the 1347 training images of digits"
+        in proc.stderr
+    )
+    assert "surrogate fit" not in proc.stdout
+    assert json.loads((tmp_path / "job" / "result.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["batch_size=256"], ['batch_size="256"']),
+        (
+            ["-m", "batch_size=32,64", "clusters=5,10"],
+            ["-m", 'batch_size="32","64"', 'clusters="5","10"'],
+        ),
+        (
+            ["clusters.k=7", "seed=3", "generator.epochs=2"],
+            ["clusters.k=7", "seed=3", "generator.epochs=2"],
+        ),
+        (['batch_size="128"'], ['batch_size="128"']),
+    ],
+)
+def test_numeric_group_choices_are_quoted_for_hydra(args, expected):
+    assert quote_numeric_choices(args) == expected
+
+
+def test_numeric_groups_are_discovered_from_the_config_tree():
+    assert numeric_groups() == {"batch_size", "clusters"}
+    assert plain_override('batch_size="256"') == "batch_size=256"
+    assert plain_override("dataset=digits") == "dataset=digits"

@@ -1,0 +1,97 @@
+"""The digits dataset and device-side batching: sharding, epochs, augmentation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ue_sweep.config import AugmentConfig, DatasetConfig, PathsConfig
+from ue_sweep.data.batches import Augmenter, TensorStream
+from ue_sweep.data.registry import load_dataset
+from ue_sweep.distributed import DistEnv
+
+
+def test_digits_are_real_uint8_images_with_a_stratified_split():
+    data = load_dataset(DatasetConfig(image_size=16, test_fraction=0.25), PathsConfig())
+    assert data.train_images.shape == (1347, 1, 16, 16)
+    assert data.test_images.shape == (450, 1, 16, 16)
+    assert data.train_images.dtype == torch.uint8
+    assert data.num_classes == 10
+    # stratified: every class keeps its share of the 1,797 images in both splits
+    train_share = torch.bincount(data.train_labels, minlength=10) / 1347
+    test_share = torch.bincount(data.test_labels, minlength=10) / 450
+    assert torch.allclose(train_share, test_share, atol=0.01)
+    assert data.train_images.float().std() > 50  # real strokes, not a blank canvas
+    again = load_dataset(DatasetConfig(image_size=16, test_fraction=0.25), PathsConfig())
+    assert torch.equal(data.train_images, again.train_images)
+    assert "split_seed=0" in data.test_split
+
+
+def _batches(n: int, batch: int, world: int, rank: int, epoch: int) -> list[torch.Tensor]:
+    images = torch.zeros(n, 1, 4, 4, dtype=torch.uint8)
+    stream = TensorStream(
+        images, torch.arange(n), batch, DistEnv(rank=rank, world_size=world), seed=7
+    )
+    return [b.indices for b in stream.epoch(epoch)]
+
+
+def test_two_ranks_with_batch_b_visit_the_batches_of_one_rank_with_2b():
+    n, b = 96, 8
+    single = _batches(n, 2 * b, 1, 0, epoch=3)
+    rank0, rank1 = _batches(n, b, 2, 0, epoch=3), _batches(n, b, 2, 1, epoch=3)
+    assert len(single) == len(rank0) == len(rank1) == n // (2 * b)
+    for whole, r0, r1 in zip(single, rank0, rank1, strict=True):
+        assert sorted(whole.tolist()) == sorted(r0.tolist() + r1.tolist())
+    assert sorted(torch.cat(single).tolist()) == list(range(n))
+
+
+def test_every_epoch_is_a_new_permutation():
+    first, second = _batches(64, 64, 1, 0, epoch=0), _batches(64, 64, 1, 0, epoch=1)
+    assert not torch.equal(first[0], second[0])
+    assert sorted(first[0].tolist()) == sorted(second[0].tolist())
+
+
+def test_incomplete_last_batch_is_dropped_only_when_a_full_one_exists():
+    images = torch.zeros(10, 1, 4, 4, dtype=torch.uint8)
+    dropping = TensorStream(images, torch.arange(10), 4, DistEnv(), 0, drop_last=True)
+    assert [len(b.indices) for b in dropping.epoch(0)] == [4, 4]
+    tiny = TensorStream(images, torch.arange(10), 32, DistEnv(), 0, drop_last=True)
+    assert [len(b.indices) for b in tiny.epoch(0)] == [10]
+
+
+def test_random_crop_and_flip_match_a_per_sample_reference():
+    cfg = AugmentConfig(crop_padding=2, hflip=True)
+    images = torch.rand(6, 3, 8, 8)
+    aug = Augmenter(cfg, num_samples=20, seed=1)
+    aug.set_epoch(4)
+    indices = torch.tensor([3, 17, 0, 9, 12, 5])
+    out = aug(images, indices)
+    for row, idx in enumerate(indices.tolist()):
+        dy, dx = aug._offsets[idx].tolist()
+        expected = F.pad(images[row], (2, 2, 2, 2))[:, dy : dy + 8, dx : dx + 8]
+        if aug._flips[idx]:
+            expected = expected.flip(-1)
+        assert torch.equal(out[row], expected)
+
+
+def test_augmentation_depends_on_sample_and_epoch_not_on_batch_or_rank():
+    cfg = AugmentConfig(crop_padding=4, hflip=True)
+    image = torch.rand(1, 3, 8, 8)
+    a, b = Augmenter(cfg, 50, seed=3), Augmenter(cfg, 50, seed=3)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    alone = a(image, torch.tensor([11]))
+    in_batch = b(torch.cat([torch.rand(2, 3, 8, 8), image]), torch.tensor([1, 2, 11]))[2:]
+    assert torch.equal(alone, in_batch)
+    b.set_epoch(3)
+    flips_differ = not torch.equal(a._flips, b._flips)
+    offsets_differ = not torch.equal(a._offsets, b._offsets)
+    assert flips_differ or offsets_differ
+
+
+def test_flip_is_off_when_disabled():
+    aug = Augmenter(AugmentConfig(crop_padding=0, hflip=False), 10, seed=0)
+    aug.set_epoch(0)
+    images = torch.rand(10, 1, 5, 5)
+    assert not aug.active
+    assert torch.equal(aug(images, torch.arange(10)), images)

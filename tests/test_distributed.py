@@ -1,0 +1,130 @@
+"""Real multi-process gloo runs: 2 ranks agree with 1, counts are exact, dead ranks fail fast."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests import dist_workers
+from tests.conftest import REPO, ue_sweep_env
+from ue_sweep.config import TrainerConfig
+from ue_sweep.distributed import (
+    DistEnv,
+    DistributedSetupError,
+    env_from_launcher,
+    free_port,
+    runtime,
+    spawn,
+)
+
+
+def test_launcher_environment_is_read_from_torch_distributed_variables():
+    assert env_from_launcher({}) is None
+    env = env_from_launcher(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "4",
+            "MASTER_ADDR": "node7",
+            "MASTER_PORT": "1234",
+            "TORCHELASTIC_RUN_ID": "x",
+        }
+    )
+    assert env == DistEnv(
+        rank=3,
+        local_rank=1,
+        world_size=8,
+        local_world_size=4,
+        master_addr="node7",
+        master_port=1234,
+        launcher="torchrun",
+    )
+    with pytest.raises(DistributedSetupError, match="malformed"):
+        env_from_launcher({"RANK": "zero", "WORLD_SIZE": "2"})
+
+
+def _run(fn, world: int, *args) -> dict:
+    if world == 1:
+        fn(DistEnv(), *args)
+    else:
+        spawn(fn, world, args)
+    return torch.load(args[0])
+
+
+@pytest.mark.parametrize("scope", ["all", "cluster"])
+def test_two_ranks_with_batch_b_train_the_same_generators_as_one_rank_with_2b(tmp_path, scope):
+    one = _run(dist_workers.train_bank, 1, str(tmp_path / "one.pt"), 16, scope)
+    two = _run(dist_workers.train_bank, 2, str(tmp_path / "two.pt"), 8, scope)
+    assert one["global_batch"] == two["global_batch"] == 16
+    assert torch.equal(one["ids"], two["ids"])
+    assert one["loss"][0] > 1e-3, "a surrogate with informative features"
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
+    # Float tolerance: Adam turns rounding-level gradient differences into at most a few 1e-6
+    # of parameter change, against ~5e-2 moved by training (checked to be 200x the tolerance).
+    moved = 0.0
+    for name, param in one["bank"].items():
+        torch.testing.assert_close(two["bank"][name], param, rtol=1e-4, atol=5e-5)
+        moved = max(moved, (param - one["initial"][name]).abs().max().item())
+    assert moved > 200 * 5e-5, "training changed the generators"
+
+
+def test_accuracy_counts_are_exact_over_ranks_without_padding(tmp_path):
+    one = _run(dist_workers.evaluate_and_gather, 1, str(tmp_path / "one.pt"))
+    two = _run(dist_workers.evaluate_and_gather, 2, str(tmp_path / "two.pt"))
+    assert sum(two["total"]) == 101
+    assert two["correct"] == one["correct"]
+    assert two["total"] == one["total"]
+    assert two["gathered"].tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
+
+
+def test_missing_rank_fails_the_rendezvous_after_the_timeout():
+    env = DistEnv(rank=0, world_size=2, master_port=free_port())
+    started = time.monotonic()
+    with (
+        pytest.raises(DistributedSetupError, match=r"rank 0 of 2 could not join .* within 3s"),
+        runtime(env, TrainerConfig(accelerator="cpu", timeout_s=3)),
+    ):
+        pass
+    assert time.monotonic() - started < 30
+
+
+def test_rank_that_dies_mid_run_fails_its_peer_instead_of_hanging_it():
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        env = ue_sweep_env(
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            UE_TEST_TIMEOUT="20",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.dist_workers", "collective-loop"],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready"
+        procs[1].send_signal(signal.SIGKILL)
+        started = time.monotonic()
+        code = procs[0].wait(timeout=60)
+        assert code != 0
+        assert time.monotonic() - started < 40
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
