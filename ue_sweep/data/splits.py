@@ -30,8 +30,9 @@ class ImageSplits:
             if images.dtype != torch.uint8 or images.dim() != 4:
                 raise ValueError(f"{self.name} {split} images must be uint8 [N, C, H, W]")
             if labels.shape != (images.shape[0],):
-                raise ValueError(f"{self.name} {split}: {labels.shape[0]} labels for "
-                                 f"{images.shape[0]} images")
+                raise ValueError(
+                    f"{self.name} {split}: {labels.shape[0]} labels for {images.shape[0]} images"
+                )
 
     @property
     def num_classes(self) -> int:
