@@ -10,6 +10,7 @@ that dies fails the job instead of hanging it.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import os
 import socket
@@ -51,10 +52,31 @@ class DistEnv:
 
 
 def env_from_launcher(environ: Mapping[str, str] | None = None) -> DistEnv | None:
-    """Ranks set by an external launcher through the torch.distributed variables, else None."""
+    """This task's place in the job when a launcher started it, else None.
+
+    torchrun (and anything else exporting RANK/WORLD_SIZE) wins; then submitit's job environment
+    (SLURM, local, or our LSF backend), plain ``srun`` steps, and ``jsrun``/``mpirun`` tasks of an
+    LSF job.
+    """
     environ = os.environ if environ is None else environ
-    if "RANK" not in environ or "WORLD_SIZE" not in environ:
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        return _torch_env(environ)
+    job = _scheduler_job_environment(environ)
+    if job is None:
         return None
+    nodes = max(1, job.num_nodes)
+    return DistEnv(
+        rank=job.global_rank,
+        local_rank=job.local_rank,
+        world_size=job.num_tasks,
+        local_world_size=max(1, job.num_tasks // nodes),
+        master_addr="127.0.0.1" if nodes == 1 else job.hostnames[0],
+        master_port=_job_port(job.job_id, environ),
+        launcher=job.name(),
+    )
+
+
+def _torch_env(environ: Mapping[str, str]) -> DistEnv:
     try:
         return DistEnv(
             rank=int(environ["RANK"]),
@@ -67,6 +89,33 @@ def env_from_launcher(environ: Mapping[str, str] | None = None) -> DistEnv | Non
         )
     except ValueError as err:
         raise DistributedSetupError(f"malformed torch.distributed environment: {err}") from err
+
+
+def _scheduler_job_environment(environ: Mapping[str, str]) -> Any:
+    """submitit's JobEnvironment for the scheduler that started this task, or None."""
+    if "SUBMITIT_EXECUTOR" in environ:
+        import submitit
+
+        return submitit.JobEnvironment()
+    if "SLURM_STEP_NUM_TASKS" in environ:
+        from submitit.slurm.slurm import SlurmJobEnvironment
+
+        return SlurmJobEnvironment()
+    if "LSB_JOBID" in environ and (
+        "JSM_NAMESPACE_SIZE" in environ or "OMPI_COMM_WORLD_SIZE" in environ
+    ):
+        from submitit_lsf import LSFJobEnvironment
+
+        return LSFJobEnvironment()
+    return None
+
+
+def _job_port(job_id: str, environ: Mapping[str, str]) -> int:
+    """MASTER_PORT if set, else a port every task of the job derives from its id."""
+    if "MASTER_PORT" in environ:
+        return int(environ["MASTER_PORT"])
+    digest = hashlib.sha256(job_id.encode()).digest()
+    return 20000 + int.from_bytes(digest[:4], "big") % 40000
 
 
 def pick_device(accelerator: str, env: DistEnv) -> torch.device:

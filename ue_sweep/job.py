@@ -1,22 +1,28 @@
 """One job: start its ranks (in this process, or ``trainer.devices`` spawned ones) and record it.
 
-``result.json`` says ``running`` from the start, then ``completed`` with the outcome or ``failed``
-with the error. Rank 0 writes it; when this process spawned the ranks it also records a failure
-that rank 0 could not (another rank died and rank 0 was terminated).
+``result.json`` says ``running`` from the start, then ``completed`` with the outcome, ``failed``
+with the error, or ``preempted`` after a checkpoint-and-stop. Rank 0 writes it; when this process
+spawned the ranks it also records a failure that rank 0 could not (another rank died and rank 0
+was terminated). A job whose directory already holds a completed result with the same fingerprint
+is skipped; one that was interrupted resumes from its checkpoints.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
+from ue_sweep import preemption
+from ue_sweep.checkpoint import CHECKPOINT_DIR, JobCheckpoints, fingerprint
 from ue_sweep.config import RootConfig
 from ue_sweep.distributed import DistEnv, env_from_launcher, runtime, spawn
 from ue_sweep.pipeline import run_pipeline
+from ue_sweep.preemption import Preempted
 from ue_sweep.progress import Progress
 from ue_sweep.tracking import ResultRecorder
 
@@ -53,21 +59,36 @@ def _configure_spawned_logging(env: DistEnv, log_file: Path | None) -> None:
 
 
 def _rank_main(
-    env: DistEnv, cfg: RootConfig, job_dir: Path, recorder: ResultRecorder, log_file: Path | None
+    env: DistEnv,
+    cfg: RootConfig,
+    job_dir: Path,
+    recorder: ResultRecorder,
+    log_file: Path | None,
+    checkpoints: JobCheckpoints,
 ) -> dict[str, Any] | None:
     if env.launcher == "spawn":
         _configure_spawned_logging(env, log_file)
     if not env.is_main:
         logging.getLogger("ue_sweep").setLevel(logging.WARNING)
     progress = Progress(cfg.trainer.progress, enabled=env.is_main)
+    writer = replace(checkpoints, writer=env.is_main)
     try:
         with runtime(env, cfg.trainer) as rt:
-            outcome = run_pipeline(cfg, rt, job_dir, progress)
+            outcome = run_pipeline(cfg, rt, job_dir, progress, writer)
+    except Preempted as stop:
+        if env.is_main:
+            recorder.preempted(stop)
+        raise
     except BaseException as err:
         if env.is_main:
             recorder.failed(err)
         raise
     return recorder.completed(outcome) if env.is_main else None
+
+
+def _previous_attempt(recorder: ResultRecorder, fp: str) -> dict[str, Any] | None:
+    record = recorder.read()
+    return record if record is not None and record.get("fingerprint") == fp else None
 
 
 def run_job(
@@ -82,11 +103,22 @@ def run_job(
             env.launcher,
             env.local_world_size,
         )
-    if env is None and cfg.trainer.devices > 1:
+    spawn_here = env is None and cfg.trainer.devices > 1
+    world = cfg.trainer.devices if env is None else env.world_size
+    fp = fingerprint(recorder.base["config"], world)
+    previous = _previous_attempt(recorder, fp)
+    if previous is not None and previous["status"] == "completed":
+        log.info("%s already completed with this configuration: skipped", job_dir)
+        return previous if env is None or env.is_main else None
+    recorder.base.update(
+        fingerprint=fp, restarts=0 if previous is None else previous.get("restarts", 0) + 1
+    )
+    checkpoints = JobCheckpoints(job_dir / CHECKPOINT_DIR, fp)
+    preemption.install()
+    if spawn_here:
         recorder.running()
-        world = cfg.trainer.devices
         try:
-            spawn(_rank_main, world, args=(cfg, job_dir, recorder, log_file))
+            spawn(_rank_main, world, args=(cfg, job_dir, recorder, log_file, checkpoints))
         except (ProcessRaisedException, ProcessExitedException) as err:
             error = RankFailedError(_describe(err, world))
             record = recorder.read()
@@ -97,4 +129,4 @@ def run_job(
     env = env or DistEnv()
     if env.is_main:
         recorder.running()
-    return _rank_main(env, cfg, job_dir, recorder, log_file)
+    return _rank_main(env, cfg, job_dir, recorder, log_file, checkpoints)

@@ -16,22 +16,23 @@ from typing import Any
 
 import torch
 
+from ue_sweep.checkpoint import NO_CHECKPOINTS, JobCheckpoints
 from ue_sweep.config import RootConfig
 from ue_sweep.data.registry import load_dataset
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.distributed import Runtime
 from ue_sweep.errors import ConfigError
-from ue_sweep.models.classifiers import build_classifier
+from ue_sweep.models.classifiers import FeatureClassifier, build_classifier
 from ue_sweep.models.generators import GeneratorBank
 from ue_sweep.progress import Progress
 from ue_sweep.seeding import derive_seed
 from ue_sweep.tracking import atomic_torch_save
 from ue_sweep.train.classifier import train_classifier
-from ue_sweep.uc.clustering import cluster_features
+from ue_sweep.uc.clustering import Clusters, cluster_features
 from ue_sweep.uc.features import extract_features
 from ue_sweep.uc.noise import apply_cluster_noise, random_cluster_noise
 from ue_sweep.uc.surrogate import build_surrogate
-from ue_sweep.uc.train_generators import train_generators
+from ue_sweep.uc.train_generators import GeneratorStats, train_generators
 
 NOISE_FILE = "noise.pt"
 PROTECTED_FILE = "protected_train.pt"
@@ -78,8 +79,132 @@ def _on_device(data: ImageSplits, device: torch.device) -> ImageSplits:
     )
 
 
-def run_pipeline(cfg: RootConfig, rt: Runtime, job_dir: Path, progress: Progress) -> dict[str, Any]:
-    """Run every stage on this rank; returns the outcome that goes into ``result.json``."""
+def _clusters(
+    cfg: RootConfig,
+    surrogate: FeatureClassifier,
+    data: ImageSplits,
+    rt: Runtime,
+    timer: StageTimer,
+    checkpoints: JobCheckpoints,
+) -> Clusters:
+    done = checkpoints.done("clusters")
+    if done is not None:
+        return Clusters(
+            **{k: v.to(rt.device) if torch.is_tensor(v) else v for k, v in done["clusters"].items()}
+        )
+    with timer("features"):
+        features = extract_features(surrogate, data.train_images, FEATURE_BATCH, rt)
+    with timer("kmeans"):
+        clusters = cluster_features(features, cfg.clusters, cfg.seed, rt)
+    checkpoints.mark_done(
+        "clusters",
+        {
+            "clusters": {
+                "ids": clusters.ids.cpu(),
+                "centers": clusters.centers.cpu(),
+                "targets": clusters.targets.cpu(),
+                "inertia": clusters.inertia,
+            }
+        },
+    )
+    return clusters
+
+
+def _generators(
+    cfg: RootConfig,
+    surrogate: FeatureClassifier,
+    data: ImageSplits,
+    clusters: Clusters,
+    rt: Runtime,
+    progress: Progress,
+    checkpoints: JobCheckpoints,
+) -> tuple[GeneratorBank, GeneratorStats]:
+    torch.manual_seed(derive_seed(cfg.seed, "generator-init"))
+    g = cfg.generator
+    bank = GeneratorBank(
+        clusters.k,
+        data.channels,
+        data.image_size,
+        g.eps,
+        ngf=g.ngf,
+        n_blocks=g.n_blocks,
+        n_downsampling=g.n_downsampling,
+        seed=cfg.seed,
+    ).to(rt.device)
+    done = checkpoints.done("generators")
+    if done is not None:
+        bank.load_state_dict(done["bank"])
+        return bank, GeneratorStats(**done["stats"])
+    stats = train_generators(
+        bank,
+        surrogate,
+        data.train_images,
+        clusters,
+        g,
+        cfg.batch_size,
+        cfg.dataset.augment,
+        rt,
+        seed=derive_seed(cfg.seed, "generator-data"),
+        progress=progress,
+        checkpoint=checkpoints.stage("generators"),
+    )
+    checkpoints.mark_done("generators", {"bank": bank.state_dict(), "stats": stats.as_dict()})
+    return bank, stats
+
+
+def _victim(
+    cfg: RootConfig,
+    condition: str,
+    train_images: torch.Tensor,
+    data: ImageSplits,
+    rt: Runtime,
+    progress: Progress,
+    checkpoints: JobCheckpoints,
+) -> dict[str, Any]:
+    stage = f"victim-{condition}"
+    done = checkpoints.done(stage)
+    if done is not None:
+        return done["result"]
+    # Same initial weights and data order for every condition: only the images differ.
+    torch.manual_seed(derive_seed(cfg.seed, "victim-init"))
+    model = build_classifier(
+        cfg.victim,
+        in_channels=data.channels,
+        num_classes=data.num_classes,
+        image_size=data.image_size,
+    ).to(rt.device)
+    outcome = train_classifier(
+        model,
+        train_images,
+        data.train_labels,
+        data.test_images,
+        data.test_labels,
+        data.num_classes,
+        cfg.victim,
+        cfg.dataset.augment,
+        rt,
+        seed=derive_seed(cfg.seed, "victim-data"),
+        progress=progress,
+        name=f"victim ({condition})",
+        checkpoint=checkpoints.stage(stage),
+    ).as_dict()
+    checkpoints.mark_done(stage, {"result": outcome})
+    return outcome
+
+
+def run_pipeline(
+    cfg: RootConfig,
+    rt: Runtime,
+    job_dir: Path,
+    progress: Progress,
+    checkpoints: JobCheckpoints = NO_CHECKPOINTS,
+) -> dict[str, Any]:
+    """Run every stage on this rank; returns the outcome that goes into ``result.json``.
+
+    Stages finished by an earlier attempt of the job are restored from ``checkpoints``, and the
+    interrupted one resumes from its last checkpoint. ``timings_s`` are this attempt's wall times;
+    the training stages report their seconds over all attempts.
+    """
     timer = StageTimer()
     started = time.perf_counter()
     with timer("data"):
@@ -100,14 +225,11 @@ def run_pipeline(cfg: RootConfig, rt: Runtime, job_dir: Path, progress: Progress
     )
 
     with timer("surrogate"):
-        surrogate, surrogate_info = build_surrogate(cfg, data, rt, progress)
+        surrogate, surrogate_info = build_surrogate(cfg, data, rt, progress, checkpoints)
     if rt.is_main and cfg.surrogate.weights == "fit":
         atomic_torch_save(job_dir / SURROGATE_FILE, surrogate.state_dict())
 
-    with timer("features"):
-        features = extract_features(surrogate, data.train_images, FEATURE_BATCH, rt)
-    with timer("kmeans"):
-        clusters = cluster_features(features, cfg.clusters, cfg.seed, rt)
+    clusters = _clusters(cfg, surrogate, data, rt, timer, checkpoints)
     progress.info(
         "k-means: %d clusters of sizes %s, NMI with the classes %.2f",
         clusters.k,
@@ -116,31 +238,11 @@ def run_pipeline(cfg: RootConfig, rt: Runtime, job_dir: Path, progress: Progress
     )
 
     with timer("generators"):
-        torch.manual_seed(derive_seed(cfg.seed, "generator-init"))
-        g = cfg.generator
-        bank = GeneratorBank(
-            clusters.k,
-            data.channels,
-            data.image_size,
-            g.eps,
-            ngf=g.ngf,
-            n_blocks=g.n_blocks,
-            n_downsampling=g.n_downsampling,
-            seed=cfg.seed,
-        ).to(rt.device)
-        generator_stats = train_generators(
-            bank,
-            surrogate,
-            data.train_images,
-            clusters,
-            g,
-            cfg.batch_size,
-            cfg.dataset.augment,
-            rt,
-            seed=derive_seed(cfg.seed, "generator-data"),
-            progress=progress,
+        bank, generator_stats = _generators(
+            cfg, surrogate, data, clusters, rt, progress, checkpoints
         )
 
+    g = cfg.generator
     with timer("noise"), torch.no_grad():
         noise = bank().float()
         control_noise = random_cluster_noise(noise, g.eps, cfg.seed)
@@ -171,32 +273,13 @@ def run_pipeline(cfg: RootConfig, rt: Runtime, job_dir: Path, progress: Progress
                 },
             )
 
-    victims: dict[str, dict[str, Any]] = {}
     with timer("victims"):
-        for condition in CONDITIONS:
-            # Same initial weights and data order for every condition: only the images differ.
-            torch.manual_seed(derive_seed(cfg.seed, "victim-init"))
-            model = build_classifier(
-                cfg.victim,
-                in_channels=data.channels,
-                num_classes=data.num_classes,
-                image_size=data.image_size,
-            ).to(rt.device)
-            outcome = train_classifier(
-                model,
-                train_sets[condition],
-                data.train_labels,
-                data.test_images,
-                data.test_labels,
-                data.num_classes,
-                cfg.victim,
-                cfg.dataset.augment,
-                rt,
-                seed=derive_seed(cfg.seed, "victim-data"),
-                progress=progress,
-                name=f"victim ({condition})",
+        victims = {
+            condition: _victim(
+                cfg, condition, train_sets[condition], data, rt, progress, checkpoints
             )
-            victims[condition] = outcome.as_dict()
+            for condition in CONDITIONS
+        }
     timer.seconds["total"] = time.perf_counter() - started
 
     accuracy = {c: victims[c]["accuracy"] for c in CONDITIONS}

@@ -67,13 +67,13 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 @dataclass
 class ResultRecorder:
-    """Writes ``result.json`` in a job directory: running, then completed or failed."""
+    """Writes ``result.json`` in a job directory: running, then completed, failed or preempted."""
 
     job_dir: Path
     base: dict[str, Any]
@@ -87,7 +87,7 @@ class ResultRecorder:
             "versions": versions(),
             "host": socket.gethostname(),
             "job_dir": str(job_dir),
-            "started_at": _now(),
+            "started_at": now(),
         }
         return cls(job_dir=job_dir, base=base)
 
@@ -96,7 +96,7 @@ class ResultRecorder:
         return self.job_dir / RESULT_FILE
 
     def _write(self, status: str, **fields: Any) -> dict[str, Any]:
-        record = {"status": status, **self.base, **fields, "updated_at": _now()}
+        record = {"status": status, **self.base, **fields, "updated_at": now()}
         atomic_write_json(self.path, record)
         return record
 
@@ -105,6 +105,9 @@ class ResultRecorder:
 
     def completed(self, outcome: dict[str, Any]) -> dict[str, Any]:
         return self._write("completed", **outcome)
+
+    def preempted(self, stop: BaseException) -> dict[str, Any]:
+        return self._write("preempted", preemption={"message": str(stop)})
 
     def failed(self, error: BaseException) -> dict[str, Any]:
         return self._write(

@@ -9,6 +9,7 @@ the same way whichever rank sees it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -100,12 +101,13 @@ class TensorStream:
         full, last = divmod(len(self.sampler), self.batches.batch_size)
         return full * self.batches.batch_size + (0 if self.batches.drop_last else last)
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """Batches of ``epoch`` from step ``start_step`` on (a job resuming mid-epoch)."""
         self.sampler.set_epoch(epoch)
         if self.augment is not None:
             self.augment.set_epoch(epoch)
         device = self.images.device
-        for indices in self.batches:
+        for indices in itertools.islice(self.batches, start_step, None):
             idx = torch.as_tensor(indices, dtype=torch.long)
             dev_idx = idx.to(device, non_blocking=True)
             images = self.images[dev_idx].float().div_(255)

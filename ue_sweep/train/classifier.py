@@ -8,10 +8,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ue_sweep.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
 from ue_sweep.config import AugmentConfig, TrainingConfig
 from ue_sweep.data.batches import TensorStream
 from ue_sweep.distributed import Runtime
 from ue_sweep.models.classifiers import FeatureClassifier
+from ue_sweep.preemption import preemptible
 from ue_sweep.progress import Progress
 from ue_sweep.train.evaluate import EvalResult, evaluate
 
@@ -61,8 +63,13 @@ def train_classifier(
     seed: int,
     progress: Progress,
     name: str,
+    checkpoint: StageCheckpoint = NO_CHECKPOINT,
 ) -> TrainResult:
-    """Train ``model`` in place on uint8 images on ``rt.device``; evaluate on the test set."""
+    """Train ``model`` in place on uint8 images on ``rt.device``; evaluate on the test set.
+
+    Resumes from ``checkpoint`` when it holds a state, saves one after every epoch, and stops at a
+    checkpoint when preemption is requested.
+    """
     per_device = max(1, cfg.batch_size // rt.world_size)
     stream = TensorStream(
         train_images, train_labels, per_device, rt.env, seed, augment=augment, drop_last=True
@@ -74,17 +81,36 @@ def train_classifier(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=cfg.epochs * len(stream), eta_min=cfg.min_lr
     )
-    history: list[EpochRecord] = []
+    resumable = Resumable(checkpoint, model=model, optimizer=optimizer, schedule=schedule)
+    saved = resumable.restore() or {}
+    start_epoch, start_step = saved.get("epoch", 0), saved.get("step", 0)
+    history = [EpochRecord(**r) for r in saved.get("history", [])]
+    earlier_seconds = saved.get("seconds", 0.0)
     started = time.perf_counter()
+    # [sum of per-sample losses, correct, samples] of the running epoch on this rank
+    sums = torch.zeros(3, device=rt.device, dtype=torch.float64)
+    if start_step:
+        sums = saved["sums"].to(rt.device)
+
+    def save(epoch: int, step: int) -> None:
+        resumable.save(
+            epoch=epoch,
+            step=step,
+            sums=sums.cpu(),
+            history=[asdict(r) for r in history],
+            seconds=earlier_seconds + time.perf_counter() - started,
+        )
+
     test: EvalResult | None = None
     with progress.stage(name, cfg.epochs * len(stream), cfg.epochs) as bar:
-        for epoch in range(cfg.epochs):
+        bar.advance(start_epoch * len(stream) + start_step)
+        for epoch in range(start_epoch, cfg.epochs):
             epoch_start = time.perf_counter()
+            first_step = start_step if epoch == start_epoch else 0
             model.train()
-            # [sum of per-sample losses, correct, samples] on this rank
-            sums = torch.zeros(3, device=rt.device, dtype=torch.float64)
             lr = optimizer.param_groups[0]["lr"]
-            for batch in stream.epoch(epoch):
+            batches = stream.epoch(epoch, first_step)
+            for batch in preemptible(batches, first_step, rt, lambda s, e=epoch: save(e, s)):
                 with rt.autocast():
                     logits, _ = ddp(batch.images)
                 loss = F.cross_entropy(logits.float(), batch.labels)
@@ -102,6 +128,7 @@ def train_classifier(
                 )
                 bar.advance()
             loss_sum, correct, seen = rt.all_reduce_sum(sums).tolist()
+            sums.zero_()
             evaluated = epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0
             if evaluated:
                 test = evaluate(model, test_images, test_labels, num_classes, EVAL_BATCH, rt)
@@ -114,18 +141,20 @@ def train_classifier(
                 seconds=time.perf_counter() - epoch_start,
             )
             history.append(record)
+            save(epoch + 1, 0)
             bar.epoch_done(
                 epoch,
                 loss=record.train_loss,
                 train_acc=record.train_accuracy,
                 test_acc="-" if record.test_accuracy is None else record.test_accuracy,
             )
-    assert test is not None, "the last epoch is always evaluated"
+    if test is None:  # resumed after the last epoch had finished
+        test = evaluate(model, test_images, test_labels, num_classes, EVAL_BATCH, rt)
     return TrainResult(
         test=test,
         per_device_batch=per_device,
         global_batch=per_device * rt.world_size,
         steps_per_epoch=len(stream),
-        seconds=time.perf_counter() - started,
+        seconds=earlier_seconds + time.perf_counter() - started,
         history=history,
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ue_sweep.checkpoint import NO_CHECKPOINTS, JobCheckpoints
 from ue_sweep.config import RootConfig
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.distributed import Runtime
@@ -38,12 +39,16 @@ def _stored_state(cfg: RootConfig) -> tuple[dict[str, torch.Tensor] | None, str]
 
 
 def build_surrogate(
-    cfg: RootConfig, data: ImageSplits, rt: Runtime, progress: Progress
+    cfg: RootConfig,
+    data: ImageSplits,
+    rt: Runtime,
+    progress: Progress,
+    checkpoints: JobCheckpoints = NO_CHECKPOINTS,
 ) -> tuple[FeatureClassifier, dict[str, Any]]:
     """Build the surrogate with the configured weights, frozen and in eval mode.
 
     ``data`` must already be on ``rt.device``. With ``weights: fit`` the surrogate is first trained
-    (with DDP) on the protector's own training set.
+    (with DDP) on the protector's own training set, or restored once a job has fitted it.
     """
     s = cfg.surrogate
     state, source = _stored_state(cfg)
@@ -61,26 +66,45 @@ def build_surrogate(
     model.to(rt.device)
     info: dict[str, Any] = {"arch": s.arch, "weights": s.weights, "source": source}
     if s.weights == "fit":
-        fit = train_classifier(
-            model,
-            data.train_images,
-            data.train_labels,
-            data.test_images,
-            data.test_labels,
-            data.num_classes,
-            s.fit,
-            cfg.dataset.augment,
-            rt,
-            seed=derive_seed(cfg.seed, "surrogate-fit"),
-            progress=progress,
-            name="surrogate fit",
-        )
-        # DDP keeps parameters in sync but each rank updates its own BN statistics last.
-        rt.sync_buffers(model)
-        info["fit"] = {
-            "epochs": s.fit.epochs,
-            "test_accuracy": fit.test.accuracy,
-            "seconds": fit.seconds,
-        }
+        info["fit"] = _fit(model, cfg, data, rt, progress, checkpoints)
     model.eval().requires_grad_(False)
     return model, info
+
+
+def _fit(
+    model: FeatureClassifier,
+    cfg: RootConfig,
+    data: ImageSplits,
+    rt: Runtime,
+    progress: Progress,
+    checkpoints: JobCheckpoints,
+) -> dict[str, Any]:
+    """Fit the surrogate on the training set (or restore the fit of an earlier attempt)."""
+    done = checkpoints.done("surrogate")
+    if done is not None:
+        model.load_state_dict(done["state"])
+        return done["fit"]
+    result = train_classifier(
+        model,
+        data.train_images,
+        data.train_labels,
+        data.test_images,
+        data.test_labels,
+        data.num_classes,
+        cfg.surrogate.fit,
+        cfg.dataset.augment,
+        rt,
+        seed=derive_seed(cfg.seed, "surrogate-fit"),
+        progress=progress,
+        name="surrogate fit",
+        checkpoint=checkpoints.stage("surrogate"),
+    )
+    # DDP keeps parameters in sync but each rank updates its own BN statistics last.
+    rt.sync_buffers(model)
+    fit = {
+        "epochs": cfg.surrogate.fit.epochs,
+        "test_accuracy": result.test.accuracy,
+        "seconds": result.seconds,
+    }
+    checkpoints.mark_done("surrogate", {"state": model.state_dict(), "fit": fit})
+    return fit

@@ -19,11 +19,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ue_sweep.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
 from ue_sweep.config import AugmentConfig, BatchSizeConfig, GeneratorConfig
 from ue_sweep.data.batches import TensorStream
 from ue_sweep.distributed import Runtime
 from ue_sweep.models.classifiers import FeatureClassifier
 from ue_sweep.models.generators import GeneratorBank
+from ue_sweep.preemption import preemptible
 from ue_sweep.progress import Progress
 from ue_sweep.uc.clustering import Clusters
 
@@ -91,8 +93,13 @@ def train_generators(
     rt: Runtime,
     seed: int,
     progress: Progress,
+    checkpoint: StageCheckpoint = NO_CHECKPOINT,
 ) -> GeneratorStats:
-    """Train ``bank`` in place (wrapped in DDP) against the frozen ``surrogate``."""
+    """Train ``bank`` in place (wrapped in DDP) against the frozen ``surrogate``.
+
+    Resumes from ``checkpoint`` when it holds a state, saves one after every epoch, and stops at a
+    checkpoint when preemption is requested.
+    """
     # The stream's "labels" are the cluster ids: the generators never see class labels.
     stream = TensorStream(
         train_images, clusters.ids, batch.per_device, rt.env, seed, augment=augment
@@ -107,12 +114,32 @@ def train_generators(
         optimizer, T_max=cfg.epochs * len(stream), eta_min=cfg.min_lr
     )
     target_probs = clusters.centers[clusters.targets].softmax(-1)
-    history: list[float] = []
+    resumable = Resumable(checkpoint, bank=bank, optimizer=optimizer, schedule=schedule)
+    saved = resumable.restore() or {}
+    start_epoch, start_step = saved.get("epoch", 0), saved.get("step", 0)
+    history: list[float] = saved.get("history", [])
+    earlier_seconds = saved.get("seconds", 0.0)
     started = time.perf_counter()
+    # [sum of per-step losses, steps] of the running epoch on this rank
+    sums = torch.zeros(2, device=rt.device, dtype=torch.float64)
+    if start_step:
+        sums = saved["sums"].to(rt.device)
+
+    def save(epoch: int, step: int) -> None:
+        resumable.save(
+            epoch=epoch,
+            step=step,
+            sums=sums.cpu(),
+            history=history,
+            seconds=earlier_seconds + time.perf_counter() - started,
+        )
+
     with progress.stage("generators", cfg.epochs * len(stream), cfg.epochs) as bar:
-        for epoch in range(cfg.epochs):
-            sums = torch.zeros(2, device=rt.device, dtype=torch.float64)  # [loss * steps, steps]
-            for step in stream.epoch(epoch):
+        bar.advance(start_epoch * len(stream) + start_step)
+        for epoch in range(start_epoch, cfg.epochs):
+            first_step = start_step if epoch == start_epoch else 0
+            batches = stream.epoch(epoch, first_step)
+            for step in preemptible(batches, first_step, rt, lambda s, e=epoch: save(e, s)):
                 noise = ddp()
                 loss, grad = uc_loss_grad(
                     surrogate,
@@ -131,9 +158,11 @@ def train_generators(
                 sums += torch.stack([loss.double(), torch.ones((), device=rt.device).double()])
                 bar.advance()
             loss_sum, steps = rt.all_reduce_sum(sums).tolist()
+            sums.zero_()
             history.append(loss_sum / steps)
+            save(epoch + 1, 0)
             bar.epoch_done(epoch, kl=history[-1])
-    seconds = time.perf_counter() - started
+    seconds = earlier_seconds + time.perf_counter() - started
     samples = stream.samples_per_epoch * rt.world_size * cfg.epochs
     per_sample = clusters.k if cfg.scope == "all" else 1
     return GeneratorStats(

@@ -1,0 +1,230 @@
+"""Checkpoints, preemption and resume: a stopped job finishes as if it had never stopped."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import SMOKE, run_cli, ue_sweep_env
+from ue_sweep import preemption
+from ue_sweep.checkpoint import JobCheckpoints, StageCheckpoint, fingerprint
+from ue_sweep.config import (
+    AugmentConfig,
+    BatchSizeConfig,
+    GeneratorConfig,
+    ModelSpec,
+    TrainingConfig,
+)
+from ue_sweep.models.classifiers import build_classifier
+from ue_sweep.models.generators import GeneratorBank
+from ue_sweep.preemption import Preempted
+from ue_sweep.progress import Progress
+from ue_sweep.train.classifier import train_classifier
+from ue_sweep.uc.clustering import Clusters
+from ue_sweep.uc.train_generators import train_generators
+
+
+def test_fingerprint_follows_what_a_job_computes():
+    cfg = {
+        "seed": 0,
+        "trainer": {"devices": 1, "progress": "bar", "timeout_s": 60},
+        "logger": {"backend": "none"},
+    }
+    same = {
+        "seed": 0,
+        "trainer": {"devices": 1, "progress": "log", "timeout_s": 9},
+        "logger": {"backend": "wandb"},
+    }
+    assert fingerprint(cfg, 1) == fingerprint(same, 1)
+    assert fingerprint(cfg, 1) != fingerprint(cfg | {"seed": 1}, 1)
+    assert fingerprint(cfg, 1) != fingerprint(cfg, 2)
+
+
+def test_checkpoints_of_another_configuration_are_ignored(tmp_path):
+    mine = StageCheckpoint(tmp_path / "stage.pt", "aaaa", writer=True)
+    mine.save({"epoch": 3, "step": 0})
+    assert mine.load()["epoch"] == 3
+    assert StageCheckpoint(tmp_path / "stage.pt", "bbbb").load() is None
+    reader = JobCheckpoints(tmp_path, "aaaa", writer=False)
+    reader.mark_done("x", {"v": 1})
+    assert reader.done("x") is None, "only the writing rank writes"
+
+
+class _StopAt:
+    """Ask for preemption at the n-th step boundary (what the USR2 handler does)."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.calls = step, 0
+
+    def __call__(self, rt) -> bool:
+        self.calls += 1
+        return self.calls == self.step
+
+
+def _digits(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(n, 1, 8, 8, generator=g) * 255).to(torch.uint8), torch.arange(n) % 3
+
+
+def _train_victim(rt, checkpoint) -> tuple[torch.nn.Module, dict]:
+    images, labels = _digits()
+    torch.manual_seed(0)
+    model = build_classifier(ModelSpec(width=4), in_channels=1, num_classes=3, image_size=8)
+    result = train_classifier(
+        model,
+        images,
+        labels,
+        images[:20],
+        labels[:20],
+        3,
+        TrainingConfig(epochs=3, batch_size=16),
+        AugmentConfig(1, True),
+        rt,
+        seed=1,
+        progress=Progress("none"),
+        name="victim",
+        checkpoint=checkpoint,
+    )
+    return model, result.as_dict()
+
+
+def test_classifier_stopped_mid_epoch_resumes_to_the_same_model(rt, tmp_path, monkeypatch):
+    reference, expected = _train_victim(rt, StageCheckpoint(None))
+    checkpoint = StageCheckpoint(tmp_path / "victim.pt", "fp", writer=True)
+    monkeypatch.setattr(preemption, "requested", _StopAt(step=8))  # epoch 1, step 2 of 6
+    with pytest.raises(Preempted, match="checkpointed at step 2"):
+        _train_victim(rt, checkpoint)
+    saved = checkpoint.load()
+    assert (saved["epoch"], saved["step"]) == (1, 2)
+    monkeypatch.setattr(preemption, "requested", lambda rt: False)
+    resumed, outcome = _train_victim(rt, checkpoint)
+    for (name, a), b in zip(
+        reference.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    for key in ("accuracy", "correct"):
+        assert outcome[key] == expected[key]
+    assert [h["train_loss"] for h in outcome["history"]] == pytest.approx(
+        [h["train_loss"] for h in expected["history"]], rel=1e-12
+    )
+
+
+def _train_bank(rt, checkpoint) -> GeneratorBank:
+    images, _ = _digits(48)
+    torch.manual_seed(0)
+    surrogate = (
+        build_classifier(ModelSpec(width=4), in_channels=1, num_classes=3, image_size=8)
+        .eval()
+        .requires_grad_(False)
+    )
+    clusters = Clusters(
+        ids=torch.arange(48) % 3,
+        centers=torch.randn(3, 16),
+        targets=torch.tensor([1, 2, 0]),
+        inertia=0.0,
+    )
+    torch.manual_seed(1)
+    bank = GeneratorBank(3, 1, 8, eps=0.3, ngf=4, n_blocks=1, n_downsampling=1)
+    train_generators(
+        bank,
+        surrogate,
+        images,
+        clusters,
+        GeneratorConfig(epochs=3, lr=1e-2, eps=0.3),
+        BatchSizeConfig(per_device=16),
+        AugmentConfig(1, True),
+        rt,
+        seed=2,
+        progress=Progress("none"),
+        checkpoint=checkpoint,
+    )
+    return bank
+
+
+def test_generators_stopped_mid_epoch_resume_to_the_same_bank(rt, tmp_path, monkeypatch):
+    reference = _train_bank(rt, StageCheckpoint(None))
+    checkpoint = StageCheckpoint(tmp_path / "generators.pt", "fp", writer=True)
+    monkeypatch.setattr(preemption, "requested", _StopAt(step=5))  # epoch 1, step 2 of 3
+    with pytest.raises(Preempted):
+        _train_bank(rt, checkpoint)
+    monkeypatch.setattr(preemption, "requested", lambda rt: False)
+    resumed = _train_bank(rt, checkpoint)
+    for (name, a), b in zip(
+        reference.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+RESUMABLE = [*SMOKE, "generator.epochs=12", "victim.epochs=2"]
+
+
+@pytest.mark.slow
+def test_usr2_checkpoints_the_job_and_a_rerun_finishes_it_like_an_uninterrupted_run(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ue_sweep", *RESUMABLE, "hydra.run.dir=job"],
+        cwd=tmp_path,
+        env=ue_sweep_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    log = tmp_path / "job" / "ue_sweep.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "generators epoch 2/" in log.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR2)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, output[-2000:]
+    assert "preempted: checkpointed at step" in output
+    record = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert record["status"] == "preempted"
+    assert (tmp_path / "job" / "checkpoints" / "generators.pt").exists()
+    assert (tmp_path / "job" / "checkpoints" / "surrogate.done.pt").exists()
+
+    resumed = run_cli([*RESUMABLE, "hydra.run.dir=job"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    reference = run_cli([*RESUMABLE, "hydra.run.dir=reference"], cwd=tmp_path)
+    assert reference.returncode == 0
+    a, b = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("job", "reference"))
+    assert (a["status"], a["restarts"], b["restarts"]) == ("completed", 1, 0)
+    assert a["metrics"]["accuracy"] == b["metrics"]["accuracy"]
+    assert a["generator"]["loss_history"] == b["generator"]["loss_history"]
+    assert not (tmp_path / "job" / "checkpoints" / "generators.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_completed_job_is_skipped_and_a_changed_one_recomputed(tmp_path: Path):
+    first = run_cli([*SMOKE, "hydra.run.dir=job"], cwd=tmp_path)
+    assert first.returncode == 0
+    record = json.loads((tmp_path / "job" / "result.json").read_text())
+    again = run_cli([*SMOKE, "trainer.progress=none", "hydra.run.dir=job"], cwd=tmp_path)
+    assert "already completed with this configuration: skipped" in again.stdout
+    assert json.loads((tmp_path / "job" / "result.json").read_text()) == record
+    changed = run_cli([*SMOKE, "seed=1", "hydra.run.dir=job"], cwd=tmp_path)
+    assert changed.returncode == 0
+    assert "skipped" not in changed.stdout and "resuming" not in changed.stdout
+    new = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert (new["seed"], new["restarts"]) == (1, 0)
+    assert new["fingerprint"] != record["fingerprint"]
+
+
+@pytest.mark.slow
+def test_rerunning_a_multirun_skips_what_completed(tmp_path: Path):
+    args = ["-m", "batch_size=32,64", *SMOKE]
+    first = run_cli(args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "2 jobs: 2 completed" in first.stdout + first.stderr
+    (sweep,) = (tmp_path / "multirun").iterdir()
+    assert sweep.name.startswith("smoke-")
+    again = run_cli(args, cwd=tmp_path)
+    assert "2 jobs: 2 skipped" in again.stdout + again.stderr
+    assert [p.name for p in (tmp_path / "multirun").iterdir()] == [sweep.name]

@@ -1,0 +1,122 @@
+"""Resumable jobs: a fingerprint of what a job computes, and its per-stage checkpoints on disk.
+
+A job directory holds ``checkpoints/<stage>.pt`` (the running state of a training stage, rewritten
+atomically every epoch and on preemption) and ``checkpoints/<stage>.done.pt`` (the outcome of a
+finished stage). Every file carries the job's fingerprint; files from a different configuration
+or world size are ignored, so a re-used job directory never resumes someone else's run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ue_sweep.tracking import atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+# Keys that change how a job reports or how long it waits, not what it computes.
+NON_SEMANTIC_KEYS = (("trainer", "progress"), ("trainer", "timeout_s"), ("logger",))
+
+
+def fingerprint(config: dict[str, Any], world_size: int) -> str:
+    """Hash of the resolved job config (reporting keys removed) and the world size."""
+    semantic = json.loads(json.dumps(config))
+    for path in NON_SEMANTIC_KEYS:
+        node = semantic
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    payload = json.dumps({"config": semantic, "world_size": world_size}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class StageCheckpoint:
+    """The running state of one training stage. Only the main rank writes it."""
+
+    path: Path | None
+    fingerprint: str = ""
+    writer: bool = False
+
+    def load(self) -> dict[str, Any] | None:
+        if self.path is None or not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != self.fingerprint:
+            log.warning("ignoring %s: it belongs to another configuration", self.path)
+            return None
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        if self.path is not None and self.writer:
+            atomic_torch_save(self.path, {**state, "fingerprint": self.fingerprint})
+
+
+#: A stage checkpoint that neither loads nor saves (unit tests, throwaway runs).
+NO_CHECKPOINT = StageCheckpoint(path=None)
+
+
+@dataclass(frozen=True)
+class JobCheckpoints:
+    """The checkpoint directory of one job; with ``root=None`` nothing is saved or resumed."""
+
+    root: Path | None
+    fingerprint: str = ""
+    writer: bool = False
+
+    def _file(self, name: str) -> Path | None:
+        return None if self.root is None else self.root / f"{name}.pt"
+
+    def stage(self, name: str) -> StageCheckpoint:
+        return StageCheckpoint(self._file(name), self.fingerprint, self.writer)
+
+    def done(self, name: str) -> dict[str, Any] | None:
+        """The recorded outcome of a finished stage, or None."""
+        return self.stage(f"{name}.done").load()
+
+    def mark_done(self, name: str, outcome: dict[str, Any]) -> None:
+        """Record a stage's outcome and drop its running checkpoint."""
+        self.stage(f"{name}.done").save(outcome)
+        running = self._file(name)
+        if running is not None and self.writer:
+            running.unlink(missing_ok=True)
+
+
+#: Checkpoints of a job that is never resumed (unit tests, throwaway runs).
+NO_CHECKPOINTS = JobCheckpoints(root=None)
+
+
+class Resumable:
+    """Saves and restores a training loop: its stateful objects plus loop variables.
+
+    ``objects`` are anything with ``state_dict``/``load_state_dict`` (modules, optimizers,
+    schedules); loop variables (position, running sums, history) travel as keyword arguments.
+    """
+
+    def __init__(self, checkpoint: StageCheckpoint, **objects: Any) -> None:
+        self.checkpoint, self.objects = checkpoint, objects
+
+    def restore(self) -> dict[str, Any] | None:
+        """Load the objects from the checkpoint; returns its loop variables, or None."""
+        state = self.checkpoint.load()
+        if state is None:
+            return None
+        for name, obj in self.objects.items():
+            obj.load_state_dict(state[name])
+        log.info(
+            "resuming %s at epoch %d, step %d", self.checkpoint.path, state["epoch"], state["step"]
+        )
+        return state
+
+    def save(self, **loop_variables: Any) -> None:
+        self.checkpoint.save(
+            {name: obj.state_dict() for name, obj in self.objects.items()} | loop_variables
+        )
