@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -20,10 +21,15 @@ from ue_sweep.config import register_schema, to_root_config
 from ue_sweep.distributed import env_from_launcher
 from ue_sweep.errors import UserError
 from ue_sweep.job import run_job
+from ue_sweep.preemption import Preempted
 from ue_sweep.summary import format_summary
+from ue_sweep.sweep import SWEEP_NAME_ENV, plain_override, sweep_name
 from ue_sweep.tracking import ResultRecorder
 
 log = logging.getLogger(__name__)
+
+# Exit status of a job that stopped at a checkpoint to be requeued (sysexits' EX_TEMPFAIL).
+EXIT_PREEMPTED = 75
 
 
 @cache
@@ -60,11 +66,6 @@ def quote_numeric_choices(args: Sequence[str]) -> list[str]:
     return out
 
 
-def plain_override(override: str) -> str:
-    """``batch_size="256"`` -> ``batch_size=256``, for records and run names."""
-    return re.sub(r"=([\"'])(\d+)\1$", r"=\2", override)
-
-
 def _launcher_rank() -> int:
     env = env_from_launcher()
     return env.rank if env is not None else 0
@@ -86,8 +87,22 @@ def _register_resolvers() -> None:
     )
 
 
+def _register_launchers() -> None:
+    """Make ue-sweep's launchers known to Hydra.
+
+    Hydra finds plugins by scanning the ``hydra_plugins`` namespace package, which misses editable
+    installs; registering the classes explicitly works for every kind of install.
+    """
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.ue_sweep_launchers.launchers import LAUNCHERS
+
+    for launcher in LAUNCHERS:
+        Plugins.instance().register(launcher)
+
+
 register_schema()
 _register_resolvers()
+_register_launchers()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://ue_sweep.conf", config_name="config")
@@ -116,4 +131,10 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
 
 def main() -> None:
     sys.argv[1:] = quote_numeric_choices(sys.argv[1:])
-    hydra_job()
+    # The same multirun command line maps to the same sweep directory (see conf/config.yaml).
+    os.environ.setdefault(SWEEP_NAME_ENV, sweep_name(sys.argv[1:]))
+    try:
+        hydra_job()
+    except Preempted as stop:
+        print(f"preempted: {stop}", file=sys.stderr)
+        raise SystemExit(EXIT_PREEMPTED) from None

@@ -1,0 +1,70 @@
+"""Structured configs of the launchers, in Hydra's ``hydra/launcher`` group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from hydra_plugins.hydra_submitit_launcher.config import (
+    BaseQueueConf,
+    LocalQueueConf,
+    SlurmQueueConf,
+)
+
+_LAUNCHERS = "hydra_plugins.ue_sweep_launchers.launchers"
+
+
+@dataclass
+class InlineConf:
+    _target_: str = f"{_LAUNCHERS}.InlineLauncher"
+
+
+@dataclass
+class LocalConf(LocalQueueConf):
+    _target_: str = f"{_LAUNCHERS}.LocalLauncher"
+
+
+@dataclass
+class SlurmConf(SlurmQueueConf):
+    _target_: str = f"{_LAUNCHERS}.SlurmLauncher"
+    # Jobs checkpoint every epoch, so time-outs may requeue them.
+    max_num_timeout: int = 3
+
+
+@dataclass
+class LSFConf(BaseQueueConf):
+    """bsub options; see submitit_lsf.script.make_bsub_script."""
+
+    _target_: str = f"{_LAUNCHERS}.LSFLauncher"
+    queue: str | None = None
+    # -P: the allocation (project) the job is charged to.
+    project: str | None = None
+    # nnodes: whole nodes (Summit's -nnodes); slots: -n tasks with span[ptile=tasks_per_node].
+    allocation: str = "nnodes"
+    alloc_flags: str | None = None
+    # jsrun (one resource set per task), mpirun (Open MPI) or blaunch.
+    task_launcher: str = "jsrun"
+    launcher_args: list[str] = field(default_factory=list)
+    # -wa/-wt: signal sent this many minutes before the walltime; the job checkpoints and
+    # requeues on it.
+    warning_signal: str = "USR2"
+    warning_time_min: int = 5
+    # Extra "#BSUB" lines, without the prefix (e.g. "-G mygroup").
+    directives: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
+    array_parallelism: int = 256
+    max_num_timeout: int = 3
+
+
+def register() -> None:
+    store = ConfigStore.instance()
+    for name, node in (
+        ("inline", InlineConf),
+        ("local", LocalConf),
+        ("slurm", SlurmConf),
+        ("lsf", LSFConf),
+    ):
+        store.store(group="hydra/launcher", name=name, node=node, provider="ue_sweep")
+
+
+register()

@@ -1,0 +1,190 @@
+"""The launchers. Job planning and the summary live in ``ue_sweep.sweep``."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from hydra_plugins.ue_sweep_launchers import config as _config  # noqa: F401 (registers configs)
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from ue_sweep import preemption
+from ue_sweep.preemption import Preempted
+from ue_sweep.sweep import JobOutcome, PlannedJob, format_summary
+
+log = logging.getLogger(__name__)
+
+
+def plan_jobs(
+    launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, tasks: int
+) -> list[PlannedJob]:
+    """Each job's number, directory and fingerprint, resolved as the job will resolve them."""
+    planned = []
+    for offset, overrides in enumerate(job_overrides):
+        num = initial_job_idx + offset
+        sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
+            launcher.config, list(overrides)
+        )
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.num = num
+        job_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+        planned.append(
+            PlannedJob.plan(
+                num, overrides, job_dir, _job_config(sweep_config), _world_size(sweep_config, tasks)
+            )
+        )
+    return planned
+
+
+def _job_config(sweep_config: DictConfig) -> dict[str, Any]:
+    job = copy.deepcopy(sweep_config)
+    with read_write(job), open_dict(job):
+        del job["hydra"]
+    return OmegaConf.to_container(job, resolve=True)  # type: ignore[return-value]
+
+
+def _world_size(sweep_config: DictConfig, tasks: int) -> int:
+    return tasks if tasks > 1 else int(sweep_config.trainer.devices)
+
+
+def _skipped(job: PlannedJob, record: dict[str, Any]) -> JobReturn:
+    log.info("\t#%d : %s already completed: skipped", job.num, job.label)
+    return JobReturn(
+        overrides=job.overrides,
+        working_dir=str(job.job_dir),
+        status=JobStatus.COMPLETED,
+        _return_value=record.get("metrics", {}).get("accuracy"),
+    )
+
+
+def _finish(
+    launcher: Any, planned: list[PlannedJob], returns: dict[int, JobReturn], skipped: set[int]
+) -> list[JobReturn]:
+    outcomes = [JobOutcome.from_record(job, skipped=job.num in skipped) for job in planned]
+    log.info("%s", format_summary(launcher.config.hydra.sweep.dir, outcomes))
+    return [returns[job.num] for job in planned]
+
+
+class InlineLauncher(BasicLauncher):
+    """Hydra's in-process launcher with skip-completed and the sweep summary."""
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        planned = plan_jobs(self, job_overrides, initial_job_idx, tasks=1)
+        returns: dict[int, JobReturn] = {}
+        skipped: set[int] = set()
+        for job in planned:
+            record = job.completed_record()
+            if record is not None:
+                returns[job.num] = _skipped(job, record)
+                skipped.add(job.num)
+                continue
+            returns[job.num] = super().launch([job.overrides], initial_job_idx=job.num)[0]
+        return _finish(self, planned, returns, skipped)
+
+
+class _SubmititSweepLauncher(BaseSubmititLauncher):
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        """Runs inside the cluster job, once per task."""
+        try:
+            return super().__call__(*args, **kwargs)
+        except Preempted:
+            # The job saved a checkpoint; submitit's handler asks this launcher for a
+            # resubmission (checkpoint()) and requeues the job on rank 0.
+            signum, handler = preemption.previous_handler()
+            if callable(handler) and signum is not None:
+                handler(signum, None)
+            raise SystemExit(-1) from None
+
+    def _executor(self) -> Any:
+        import submitit
+
+        init_keys = {"max_num_timeout"}
+        executor = submitit.AutoExecutor(
+            cluster=self._EXECUTOR,
+            folder=self.params["submitit_folder"],
+            **{f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k in init_keys},
+        )
+        generic = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(
+            **{
+                (k if k in generic else f"{self._EXECUTOR}_{k}"): v
+                for k, v in self.params.items()
+                if k not in init_keys | {"submitit_folder"}
+            }
+        )
+        return executor
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
+        assert self.config is not None
+        tasks = int(self.params.get("nodes", 1)) * int(self.params.get("tasks_per_node", 1))
+        planned = plan_jobs(self, job_overrides, initial_job_idx, tasks)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        returns: dict[int, JobReturn] = {}
+        skipped: set[int] = set()
+        todo = []
+        for job in planned:
+            record = job.completed_record()
+            if record is None:
+                todo.append(job)
+                log.info("\t#%d : %s", job.num, job.label)
+            else:
+                returns[job.num] = _skipped(job, record)
+                skipped.add(job.num)
+        log.info(
+            "submitting %d %s jobs to %s", len(todo), self._EXECUTOR, self.config.hydra.sweep.dir
+        )
+        if todo:
+            state = Singleton.get_state()
+            jobs = self._executor().map_array(
+                self,
+                [job.overrides for job in todo],
+                ["hydra.sweep.dir"] * len(todo),
+                [job.num for job in todo],
+                [f"job_id_for_{job.num}" for job in todo],
+                [state] * len(todo),
+            )
+            for job, submitted in zip(todo, jobs, strict=True):
+                try:
+                    returns[job.num] = submitted.results()[0]
+                except (FailedJobError, UncompletedJobError) as err:
+                    scheduler_state = submitted.state
+                    status = (
+                        "cancelled" if scheduler_state.upper().startswith("CANCELLED") else "failed"
+                    )
+                    job.record_unfinished(status, f"scheduler state {scheduler_state}")
+                    returns[job.num] = JobReturn(
+                        overrides=job.overrides,
+                        working_dir=str(job.job_dir),
+                        status=JobStatus.FAILED,
+                        _return_value=err,
+                    )
+        return _finish(self, planned, returns, skipped)
+
+
+class LocalLauncher(_SubmititSweepLauncher):
+    _EXECUTOR = "local"
+
+
+class SlurmLauncher(_SubmititSweepLauncher):
+    _EXECUTOR = "slurm"
+
+
+class LSFLauncher(_SubmititSweepLauncher):
+    _EXECUTOR = "lsf"
+
+
+LAUNCHERS = (InlineLauncher, LocalLauncher, SlurmLauncher, LSFLauncher)
