@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,16 @@ def test_more_clusters_than_images_is_rejected_before_compute(compose_cfg):
     data = load_dataset(cfg.dataset, cfg.paths)
     with pytest.raises(ConfigError, match=r"clusters.k=5000 .* at most the 1347 training images"):
         check_against_data(cfg, data)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ConfigError("clusters.k", 5000, "at most 10"), MissingFileError("x", Path("/d/f"), "fix")],
+)
+def test_user_errors_survive_pickling_back_from_a_cluster_job(error):
+    # submitit returns a job's outcome pickled; an error that cannot be rebuilt loses the sweep.
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), str(copy)) == (type(error), str(error))
 
 
 def test_validate_checks_nested_dataclasses():

@@ -19,10 +19,17 @@ class ConfigError(UserError):
         self.key, self.value, self.accepted = key, value, accepted
         super().__init__(f"config error: {key}={value!r} is not accepted; expected {accepted}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Cluster jobs hand their exception back pickled (submitit); keep the arguments.
+        return type(self), (self.key, self.value, self.accepted)
+
 
 class MissingFileError(UserError):
     """A needed file is absent or unreadable: says where it was looked for and how to get it."""
 
     def __init__(self, what: str, expected: Path, fix: str, problem: str = "not found") -> None:
-        self.expected = expected
+        self.what, self.expected, self.fix, self.problem = what, expected, fix, problem
         super().__init__(f"{what} {problem}: expected {expected.name} in {expected.parent}; {fix}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.what, self.expected, self.fix, self.problem)

@@ -127,8 +127,6 @@ class _SubmititSweepLauncher(BaseSubmititLauncher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from submitit.core.utils import FailedJobError, UncompletedJobError
-
         assert self.config is not None
         tasks = int(self.params.get("nodes", 1)) * int(self.params.get("tasks_per_node", 1))
         planned = plan_jobs(self, job_overrides, initial_job_idx, tasks)
@@ -160,7 +158,7 @@ class _SubmititSweepLauncher(BaseSubmititLauncher):
             for job, submitted in zip(todo, jobs, strict=True):
                 try:
                     returns[job.num] = submitted.results()[0]
-                except (FailedJobError, UncompletedJobError) as err:
+                except Exception as err:  # one job's end, however it came, never stops the sweep
                     scheduler_state = submitted.state
                     status = (
                         "cancelled" if scheduler_state.upper().startswith("CANCELLED") else "failed"
