@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ue_sweep.config import RootConfig
+from ue_sweep.data.placement import Placement, resolve_placement
 from ue_sweep.data.registry import load_dataset
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.distributed import Runtime
@@ -64,16 +65,36 @@ def check_against_data(cfg: RootConfig, data: ImageSplits) -> None:
         raise ConfigError(
             "surrogate.weights",
             "pretrained",
-            f"a 3-channel dataset for ImageNet weights ({data.name} has {data.channels})",
+            f"a 3-channel dataset for ImageNet weights ({data.name} has {data.channels}; "
+            "dataset.channels=rgb repeats the gray channel)",
         )
 
 
-def _on_device(data: ImageSplits, device: torch.device) -> ImageSplits:
+def _class_counts(labels: torch.Tensor, num_classes: int) -> list[int]:
+    return torch.bincount(labels.cpu(), minlength=num_classes).tolist()
+
+
+def _load_data(cfg: RootConfig, rt: Runtime) -> ImageSplits:
+    """Rank 0 loads first (fetching with dataset.download, building the cache); then the others.
+
+    Missing files already failed every rank in config validation, so none waits here for them.
+    """
+    if not rt.is_main:
+        rt.barrier()
+    data = load_dataset(cfg.dataset, cfg.paths)
+    if rt.is_main:
+        rt.barrier()
+    return data
+
+
+def _on_device(data: ImageSplits, device: torch.device, placement: Placement) -> ImageSplits:
+    """Labels always go to the device; images only when placed there."""
+    images = placement.where == "device"
     return replace(
         data,
-        train_images=data.train_images.to(device),
+        train_images=data.train_images.to(device) if images else data.train_images,
         train_labels=data.train_labels.to(device),
-        test_images=data.test_images.to(device),
+        test_images=data.test_images.to(device) if images else data.test_images,
         test_labels=data.test_labels.to(device),
     )
 
@@ -83,11 +104,12 @@ def run_pipeline(cfg: RootConfig, rt: Runtime, job_dir: Path, progress: Progress
     timer = StageTimer()
     started = time.perf_counter()
     with timer("data"):
-        data = load_dataset(cfg.dataset, cfg.paths)
+        data = _load_data(cfg, rt)
         check_against_data(cfg, data)
-        data = _on_device(data, rt.device)
+        placement = resolve_placement(cfg.dataset, data, rt.device)
+        data = _on_device(data, rt.device, placement)
     progress.info(
-        "%s: %d train / %d test images, %d classes, %dx%dx%d; world size %d on %s",
+        "%s: %d train / %d test images, %d classes, %dx%dx%d on the %s; world size %d on %s",
         data.name,
         len(data.train_images),
         len(data.test_images),
@@ -95,12 +117,13 @@ def run_pipeline(cfg: RootConfig, rt: Runtime, job_dir: Path, progress: Progress
         data.channels,
         data.image_size,
         data.image_size,
+        placement.where,
         rt.world_size,
         rt.device,
     )
 
     with timer("surrogate"):
-        surrogate, surrogate_info = build_surrogate(cfg, data, rt, progress)
+        surrogate, surrogate_info = build_surrogate(cfg, data, rt, progress, placement)
     if rt.is_main and cfg.surrogate.weights == "fit":
         atomic_torch_save(job_dir / SURROGATE_FILE, surrogate.state_dict())
 
@@ -139,6 +162,7 @@ def run_pipeline(cfg: RootConfig, rt: Runtime, job_dir: Path, progress: Progress
             rt,
             seed=derive_seed(cfg.seed, "generator-data"),
             progress=progress,
+            placement=placement,
         )
 
     with timer("noise"), torch.no_grad():
@@ -195,6 +219,7 @@ def run_pipeline(cfg: RootConfig, rt: Runtime, job_dir: Path, progress: Progress
                 seed=derive_seed(cfg.seed, "victim-data"),
                 progress=progress,
                 name=f"victim ({condition})",
+                placement=placement,
             )
             victims[condition] = outcome.as_dict()
     timer.seconds["total"] = time.perf_counter() - started
@@ -213,6 +238,10 @@ def run_pipeline(cfg: RootConfig, rt: Runtime, job_dir: Path, progress: Progress
             "channels": data.channels,
             "image_size": data.image_size,
             "test_split": data.test_split,
+            "classes": list(data.classes),
+            "train_class_counts": _class_counts(data.train_labels, data.num_classes),
+            "test_class_counts": _class_counts(data.test_labels, data.num_classes),
+            "placement": placement.where,
         },
         "batch": {
             "per_device": generator_stats.per_device_batch,

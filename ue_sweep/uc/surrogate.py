@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ue_sweep.config import RootConfig
+from ue_sweep.data.placement import Placement
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.distributed import Runtime
 from ue_sweep.errors import MissingFileError
@@ -38,12 +39,16 @@ def _stored_state(cfg: RootConfig) -> tuple[dict[str, torch.Tensor] | None, str]
 
 
 def build_surrogate(
-    cfg: RootConfig, data: ImageSplits, rt: Runtime, progress: Progress
+    cfg: RootConfig,
+    data: ImageSplits,
+    rt: Runtime,
+    progress: Progress,
+    placement: Placement,
 ) -> tuple[FeatureClassifier, dict[str, Any]]:
     """Build the surrogate with the configured weights, frozen and in eval mode.
 
-    ``data`` must already be on ``rt.device``. With ``weights: fit`` the surrogate is first trained
-    (with DDP) on the protector's own training set.
+    ``data`` must already be placed (``placement``). With ``weights: fit`` the surrogate is first
+    trained (with DDP) on the protector's own training set.
     """
     s = cfg.surrogate
     state, source = _stored_state(cfg)
@@ -74,6 +79,7 @@ def build_surrogate(
             seed=derive_seed(cfg.seed, "surrogate-fit"),
             progress=progress,
             name="surrogate fit",
+            placement=placement,
         )
         # DDP keeps parameters in sync but each rank updates its own BN statistics last.
         rt.sync_buffers(model)
