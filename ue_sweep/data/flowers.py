@@ -101,6 +101,7 @@ class FlowerColorImages(VisionDataset):
                 "fetching flowers needs the Kaggle API: pip install kaggle, and put an API token "
                 "in ~/.kaggle/kaggle.json (kaggle.com > Settings > API)"
             ) from err
+        Path(self.root).mkdir(parents=True, exist_ok=True)
         api = KaggleApi()
         api.authenticate()
         api.dataset_download_files(self.slug, path=str(self.root), unzip=True, quiet=False)
