@@ -137,6 +137,23 @@ def test_every_dataset_runs_the_whole_job_on_its_real_format(setup, rt, tmp_path
     assert (tmp_path / "noise.pt").is_file()
 
 
+def test_placement_changes_where_images_live_not_the_results(setup, rt, tmp_path):
+    outcomes = {}
+    for where in ("device", "host"):
+        cfg = setup("organamnist", *SMOKE, "trainer.accelerator=cpu", f"dataset.placement={where}")
+        outcomes[where] = run_pipeline(cfg, rt, tmp_path / where, Progress("none"))
+    device, host = outcomes["device"], outcomes["host"]
+    assert (device["dataset"]["placement"], host["dataset"]["placement"]) == ("device", "host")
+    for condition, victim in device["metrics"]["victims"].items():
+        other = host["metrics"]["victims"][condition]
+        assert victim["per_class_accuracy"] == other["per_class_accuracy"]
+        losses = [[r["train_loss"] for r in v["history"]] for v in (victim, other)]
+        assert losses[0] == losses[1]
+    assert device["generator"]["loss_history"] == host["generator"]["loss_history"]
+    noise = [torch.load(tmp_path / w / "noise.pt")["noise"] for w in ("device", "host")]
+    assert torch.equal(*noise)
+
+
 @pytest.mark.slow
 def test_cli_runs_a_medmnist_job_streaming_from_host_memory(data_dir, tmp_path):
     flag, gray, classes = MEDMNIST["pathmnist"]

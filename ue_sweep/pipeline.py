@@ -79,12 +79,12 @@ def _load_data(cfg: RootConfig, rt: Runtime) -> ImageSplits:
 
     Missing files already failed every rank in config validation, so none waits here for them.
     """
-    if not rt.is_main:
-        rt.barrier()
-    data = load_dataset(cfg.dataset, cfg.paths)
     if rt.is_main:
+        data = load_dataset(cfg.dataset, cfg.paths)
         rt.barrier()
-    return data
+        return data
+    rt.barrier()
+    return load_dataset(replace(cfg.dataset, download=False), cfg.paths)
 
 
 def _on_device(data: ImageSplits, device: torch.device, placement: Placement) -> ImageSplits:
