@@ -58,7 +58,7 @@ def test_reference_experiment_selects_the_paper_setup(compose_cfg):
         ("batch_size.per_device=0", "batch_size.per_device=0", "an integer >= 1"),
         ("generator.eps=0", "generator.eps=0.0", "a number > 0 and <= 1"),
         ("generator.eps=1.5", "generator.eps=1.5", "a number > 0 and <= 1"),
-        ("dataset.name=imagenet", "dataset.name='imagenet'", "one of: digits"),
+        ("dataset.name=imagenet", "dataset.name='imagenet'", "one of: cifar10, digits"),
         ("surrogate.arch=vgg16", "surrogate.arch='vgg16'", "one of: small_cnn, resnet18"),
         ("victim.arch=vit", "victim.arch='vit'", "one of: small_cnn, resnet18"),
         ("clusters.k=1", "clusters.k=1", "an integer >= 2"),

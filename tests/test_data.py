@@ -1,12 +1,14 @@
-"""The digits dataset and device-side batching: sharding, epochs, augmentation."""
+"""The digits dataset and batching: sharding, epochs, augmentation, device or host placement."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from ue_sweep.config import AugmentConfig, DatasetConfig, PathsConfig
-from ue_sweep.data.batches import Augmenter, TensorStream
+from ue_sweep.data.batches import Augmenter, HostStream, TensorStream, batch_source
+from ue_sweep.data.placement import Placement, footprint, resolve_placement
 from ue_sweep.data.registry import load_dataset
 from ue_sweep.distributed import DistEnv
 
@@ -95,3 +97,57 @@ def test_flip_is_off_when_disabled():
     images = torch.rand(10, 1, 5, 5)
     assert not aug.active
     assert torch.equal(aug(images, torch.arange(10)), images)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host-placed data: streamed by DataLoader workers, batch for batch like the device stream
+# ----------------------------------------------------------------------------------------------
+
+
+def _images(n: int = 37) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g)
+    return images, torch.arange(n) % 5
+
+
+@pytest.mark.parametrize(("world", "workers"), [(1, 0), (1, 2), (2, 1)])
+def test_host_stream_yields_the_device_stream_batches(world, workers):
+    images, labels = _images()
+    augment = AugmentConfig(crop_padding=2, hflip=True)
+    for rank in range(world):
+        env = DistEnv(rank=rank, world_size=world)
+        device = TensorStream(images, labels, 8, env, seed=3, augment=augment, drop_last=True)
+        host = HostStream(
+            images, labels, 8, env, 3, torch.device("cpu"), workers, augment, drop_last=True
+        )
+        assert len(host) == len(device) and host.samples_per_epoch == device.samples_per_epoch
+        # (epoch, first step): whole epochs, and a job resuming in the middle of one
+        for epoch, start in ((0, 0), (1, 0), (1, 2), (0, 1)):
+            pairs = list(zip(device.epoch(epoch, start), host.epoch(epoch, start), strict=True))
+            assert len(pairs) == len(device) - start
+            for a, b in pairs:
+                assert torch.equal(a.images, b.images)
+                assert torch.equal(a.labels, b.labels)
+                assert torch.equal(a.indices, b.indices)
+
+
+def test_batch_source_follows_the_placement(rt):
+    images, labels = _images()
+    on_device = batch_source(images, labels, 4, rt, 0, augment=None, placement=Placement())
+    streamed = batch_source(
+        images, labels, 4, rt, 0, augment=None, placement=Placement("host", workers=0)
+    )
+    assert type(on_device) is TensorStream and isinstance(streamed, HostStream)
+
+
+def test_auto_placement_keeps_data_on_the_device_while_it_fits():
+    data = load_dataset(DatasetConfig(image_size=16), PathsConfig())
+    need = footprint(data)  # three training-set copies and the test set
+    assert need == 3 * 1347 * 256 + 450 * 256
+    cfg = DatasetConfig(placement="auto", device_fraction=0.25, workers=3)
+    gpu = torch.device("cuda", 0)
+    assert resolve_placement(cfg, data, gpu, device_memory=4 * need) == Placement("device", 3)
+    assert resolve_placement(cfg, data, gpu, device_memory=4 * need - 1).where == "host"
+    assert resolve_placement(cfg, data, torch.device("cpu")).where == "device"
+    forced = DatasetConfig(placement="host")
+    assert resolve_placement(forced, data, torch.device("cpu")).where == "host"

@@ -22,7 +22,7 @@ from ue_sweep.errors import ConfigError
 SCHEMA_NAME = "ue_sweep_schema"
 
 
-Choices = Sequence[str] | Callable[[], Sequence[str]]
+Choices = Sequence[str | int] | Callable[[], Sequence[str | int]]
 
 
 def setting(
@@ -43,6 +43,18 @@ def _dataset_names() -> Sequence[str]:
     from ue_sweep.data.registry import dataset_names
 
     return dataset_names()
+
+
+def _medmnist_flags() -> Sequence[str]:
+    from ue_sweep.data.medmnist2d import flags
+
+    return flags()
+
+
+def _medmnist_sizes() -> Sequence[int]:
+    from ue_sweep.data.medmnist2d import sizes
+
+    return sizes()
 
 
 def _arch_names() -> Sequence[str]:
@@ -67,8 +79,27 @@ class AugmentConfig:
 @dataclass
 class DatasetConfig:
     name: str = setting("digits", one_of=_dataset_names)
+    # Directory of the dataset's files and preprocessed cache; unset: <paths.data_dir>/<name>.
+    root: str | None = None
+    # Fetch missing files with the dataset's own reader: only where there is internet access.
+    download: bool = False
+    # MedMNIST only: the 2D flag and which released image size (npz file) to read.
+    flag: str | None = setting(None, one_of=_medmnist_flags)
+    size: int | None = setting(None, one_of=_medmnist_sizes)
+    # Training resolution; images are resized (shorter side, then centre crop) once and cached.
     image_size: int = setting(32, ge=8, le=1024)
-    # Hold-out fraction for datasets without an official test split (digits).
+    # `rgb` repeats a gray channel three times, for surrogates with ImageNet weights.
+    channels: str = setting("native", one_of=("native", "rgb"))
+    # The official split that serves as the test set (`val`: as the public HPC code on MedMNIST).
+    eval_split: str = setting("test", one_of=("test", "val"))
+    # Where the images live during training: on the training device (batches gathered there) or
+    # in host memory (streamed by DataLoader workers); `auto` keeps them on a GPU when the images
+    # and the job's two extra training-set copies take at most `device_fraction` of its memory.
+    placement: str = setting("auto", one_of=("auto", "device", "host"))
+    device_fraction: float = setting(0.25, gt=0.0, le=1.0)
+    # DataLoader workers per rank: decoding images into the cache, and streaming host-placed data.
+    workers: int = setting(4, ge=0)
+    # Hold-out fraction for datasets without an official test split (digits, flowers).
     test_fraction: float = setting(0.25, gt=0.0, lt=1.0)
     split_seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -212,7 +243,7 @@ def _check_field(key: str, value: Any, rules: dict[str, Any]) -> None:
         choices = rules["one_of"]
         choices = tuple(choices() if callable(choices) else choices)
         if value not in choices:
-            raise ConfigError(key, value, "one of: " + ", ".join(choices))
+            raise ConfigError(key, value, "one of: " + ", ".join(str(c) for c in choices))
     bounds = []
     if "gt" in rules:
         bounds.append((value > rules["gt"], f"> {_fmt(rules['gt'])}"))
@@ -256,8 +287,10 @@ def _check_cross_fields(cfg: RootConfig) -> None:
             "surrogate.checkpoint", None, "a checkpoint file when surrogate.weights=path"
         )
     _check_accelerator(cfg.trainer)
+    from ue_sweep.data.registry import check_dataset
     from ue_sweep.models.weights import check_surrogate_weights
 
+    check_dataset(cfg.dataset, cfg.paths)
     check_surrogate_weights(cfg.surrogate)
 
 

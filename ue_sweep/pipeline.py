@@ -18,6 +18,7 @@ import torch
 
 from ue_sweep.checkpoint import NO_CHECKPOINTS, JobCheckpoints
 from ue_sweep.config import RootConfig
+from ue_sweep.data.placement import Placement, resolve_placement
 from ue_sweep.data.registry import load_dataset
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.distributed import Runtime
@@ -65,16 +66,36 @@ def check_against_data(cfg: RootConfig, data: ImageSplits) -> None:
         raise ConfigError(
             "surrogate.weights",
             "pretrained",
-            f"a 3-channel dataset for ImageNet weights ({data.name} has {data.channels})",
+            f"a 3-channel dataset for ImageNet weights ({data.name} has {data.channels}; "
+            "dataset.channels=rgb repeats the gray channel)",
         )
 
 
-def _on_device(data: ImageSplits, device: torch.device) -> ImageSplits:
+def _class_counts(labels: torch.Tensor, num_classes: int) -> list[int]:
+    return torch.bincount(labels.cpu(), minlength=num_classes).tolist()
+
+
+def _load_data(cfg: RootConfig, rt: Runtime) -> ImageSplits:
+    """Rank 0 loads first (fetching with dataset.download, building the cache); then the others.
+
+    Missing files already failed every rank in config validation, so none waits here for them.
+    """
+    if rt.is_main:
+        data = load_dataset(cfg.dataset, cfg.paths)
+        rt.barrier()
+        return data
+    rt.barrier()
+    return load_dataset(replace(cfg.dataset, download=False), cfg.paths)
+
+
+def _on_device(data: ImageSplits, device: torch.device, placement: Placement) -> ImageSplits:
+    """Labels always go to the device; images only when placed there."""
+    images = placement.where == "device"
     return replace(
         data,
-        train_images=data.train_images.to(device),
+        train_images=data.train_images.to(device) if images else data.train_images,
         train_labels=data.train_labels.to(device),
-        test_images=data.test_images.to(device),
+        test_images=data.test_images.to(device) if images else data.test_images,
         test_labels=data.test_labels.to(device),
     )
 
@@ -117,6 +138,7 @@ def _generators(
     clusters: Clusters,
     rt: Runtime,
     progress: Progress,
+    placement: Placement,
     checkpoints: JobCheckpoints,
 ) -> tuple[GeneratorBank, GeneratorStats]:
     torch.manual_seed(derive_seed(cfg.seed, "generator-init"))
@@ -146,6 +168,7 @@ def _generators(
         rt,
         seed=derive_seed(cfg.seed, "generator-data"),
         progress=progress,
+        placement=placement,
         checkpoint=checkpoints.stage("generators"),
     )
     checkpoints.mark_done("generators", {"bank": bank.state_dict(), "stats": stats.as_dict()})
@@ -159,6 +182,7 @@ def _victim(
     data: ImageSplits,
     rt: Runtime,
     progress: Progress,
+    placement: Placement,
     checkpoints: JobCheckpoints,
 ) -> dict[str, Any]:
     stage = f"victim-{condition}"
@@ -186,6 +210,7 @@ def _victim(
         seed=derive_seed(cfg.seed, "victim-data"),
         progress=progress,
         name=f"victim ({condition})",
+        placement=placement,
         checkpoint=checkpoints.stage(stage),
     ).as_dict()
     checkpoints.mark_done(stage, {"result": outcome})
@@ -208,11 +233,12 @@ def run_pipeline(
     timer = StageTimer()
     started = time.perf_counter()
     with timer("data"):
-        data = load_dataset(cfg.dataset, cfg.paths)
+        data = _load_data(cfg, rt)
         check_against_data(cfg, data)
-        data = _on_device(data, rt.device)
+        placement = resolve_placement(cfg.dataset, data, rt.device)
+        data = _on_device(data, rt.device, placement)
     progress.info(
-        "%s: %d train / %d test images, %d classes, %dx%dx%d; world size %d on %s",
+        "%s: %d train / %d test images, %d classes, %dx%dx%d on the %s; world size %d on %s",
         data.name,
         len(data.train_images),
         len(data.test_images),
@@ -220,12 +246,13 @@ def run_pipeline(
         data.channels,
         data.image_size,
         data.image_size,
+        placement.where,
         rt.world_size,
         rt.device,
     )
 
     with timer("surrogate"):
-        surrogate, surrogate_info = build_surrogate(cfg, data, rt, progress, checkpoints)
+        surrogate, surrogate_info = build_surrogate(cfg, data, rt, progress, placement, checkpoints)
     if rt.is_main and cfg.surrogate.weights == "fit":
         atomic_torch_save(job_dir / SURROGATE_FILE, surrogate.state_dict())
 
@@ -239,7 +266,7 @@ def run_pipeline(
 
     with timer("generators"):
         bank, generator_stats = _generators(
-            cfg, surrogate, data, clusters, rt, progress, checkpoints
+            cfg, surrogate, data, clusters, rt, progress, placement, checkpoints
         )
 
     g = cfg.generator
@@ -276,7 +303,7 @@ def run_pipeline(
     with timer("victims"):
         victims = {
             condition: _victim(
-                cfg, condition, train_sets[condition], data, rt, progress, checkpoints
+                cfg, condition, train_sets[condition], data, rt, progress, placement, checkpoints
             )
             for condition in CONDITIONS
         }
@@ -296,6 +323,10 @@ def run_pipeline(
             "channels": data.channels,
             "image_size": data.image_size,
             "test_split": data.test_split,
+            "classes": list(data.classes),
+            "train_class_counts": _class_counts(data.train_labels, data.num_classes),
+            "test_class_counts": _class_counts(data.test_labels, data.num_classes),
+            "placement": placement.where,
         },
         "batch": {
             "per_device": generator_stats.per_device_batch,

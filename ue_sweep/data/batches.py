@@ -1,10 +1,13 @@
-"""Device-resident batching for datasets that fit in device memory.
+"""Batches of uint8 images for the training stages, from the device or streamed from the host.
 
-Images stay on the training device as uint8; a step gathers its indices, converts to float and
-augments there, with no per-sample Python. Indices come from torch's ``DistributedSampler``, so
-world size W with per-rank batch B visits exactly the samples of world size 1 with batch W*B, and
-augmentation parameters are drawn per sample and epoch (not per rank), so every sample is augmented
-the same way whichever rank sees it.
+:class:`TensorStream` serves datasets that fit in device memory: images stay on the training
+device as uint8; a step gathers its indices, converts to float and augments there, with no
+per-sample Python. :class:`HostStream` serves larger ones with the same batches: DataLoader
+workers gather each batch from host memory (a memory-mapped cache file), and it is copied to the
+device and augmented there. Indices come from torch's ``DistributedSampler``, so world size W with
+per-rank batch B visits exactly the samples of world size 1 with batch W*B, and augmentation
+parameters are drawn per sample and epoch (not per rank), so every sample is augmented the same
+way whichever rank sees it.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import BatchSampler, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from ue_sweep.config import AugmentConfig
-from ue_sweep.distributed import DistEnv
+from ue_sweep.data.placement import Placement
+from ue_sweep.distributed import DistEnv, Runtime
 from ue_sweep.seeding import generator
 
 
@@ -114,3 +118,106 @@ class TensorStream:
             if self.augment is not None:
                 images = self.augment(images, idx)
             yield Batch(images=images, labels=self.labels[dev_idx], indices=dev_idx)
+
+
+class _Rows(Dataset):
+    """A whole batch of rows per fetch: one gather instead of one Python call per sample."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[idx], idx
+
+
+class _BatchesFrom:
+    """The batch sampler's batches from step ``start`` on: lets a loader resume mid-epoch
+    without gathering the batches it skips."""
+
+    def __init__(self, batches: BatchSampler) -> None:
+        self.batches, self.start = batches, 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(self.batches, self.start, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches) - self.start)
+
+
+class HostStream(TensorStream):
+    """TensorStream's batches for images kept in host memory, gathered by DataLoader workers.
+
+    Same sampler, batches and per-sample augmentation as :class:`TensorStream` (so both yield
+    identical batches); each batch is gathered in a worker, pinned when the device is a GPU,
+    copied to ``device`` and augmented there.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        env: DistEnv,
+        seed: int,
+        device: torch.device,
+        workers: int,
+        augment: AugmentConfig | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(images, labels, batch_size, env, seed, augment, drop_last)
+        self.device = device
+        self.resumable_batches = _BatchesFrom(self.batches)
+        # batch_size=None: the batch sampler's index lists go to _Rows whole (torch's documented
+        # way to load batches without automatic batching).
+        self.loader = DataLoader(
+            _Rows(images),
+            batch_size=None,
+            sampler=self.resumable_batches,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        # Both before iter(): the loader draws its indices when it starts.
+        self.sampler.set_epoch(epoch)
+        self.resumable_batches.start = start_step
+        if self.augment is not None:
+            self.augment.set_epoch(epoch)
+        for rows, idx in self.loader:
+            images = rows.to(self.device, non_blocking=True).float().div_(255)
+            if self.augment is not None:
+                images = self.augment(images, idx)
+            labels = self.labels[idx.to(self.labels.device)].to(self.device)
+            yield Batch(images=images, labels=labels, indices=idx.to(self.device))
+
+
+def batch_source(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    rt: Runtime,
+    seed: int,
+    *,
+    augment: AugmentConfig | None,
+    placement: Placement,
+    drop_last: bool = False,
+) -> TensorStream:
+    """The stream for where the job keeps its images (see :mod:`ue_sweep.data.placement`)."""
+    if placement.where == "host":
+        return HostStream(
+            images,
+            labels,
+            batch_size,
+            rt.env,
+            seed,
+            rt.device,
+            placement.workers,
+            augment,
+            drop_last,
+        )
+    return TensorStream(images, labels, batch_size, rt.env, seed, augment, drop_last)

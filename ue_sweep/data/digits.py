@@ -21,6 +21,14 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
+def check(cfg: DatasetConfig, paths: PathsConfig) -> None:
+    """Nothing to check: the images ship inside scikit-learn."""
+
+
+def fetch(cfg: DatasetConfig, paths: PathsConfig) -> None:
+    """Nothing to fetch: the images ship inside scikit-learn."""
+
+
 def load(cfg: DatasetConfig, paths: PathsConfig) -> ImageSplits:
     del paths  # shipped inside scikit-learn
     bunch = load_digits()

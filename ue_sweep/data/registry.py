@@ -1,23 +1,89 @@
-"""Dataset name -> loader. ``dataset.name`` must be one of these."""
+"""Dataset name -> the module that checks, fetches and loads it. ``dataset.name`` is one of these.
+
+Each module offers ``check(cfg, paths)`` (its files are present: cheap, no decoding),
+``fetch(cfg, paths)`` (download with the dataset's own reader) and ``load(cfg, paths)``
+(-> :class:`ImageSplits`, through the preprocessing cache). Modules are imported on use, since
+torchvision's and medmnist's readers take seconds to import on every rank.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
 
 from ue_sweep.config import DatasetConfig, PathsConfig
-from ue_sweep.data import digits
 from ue_sweep.data.splits import ImageSplits
+from ue_sweep.errors import ConfigError
 
-Loader = Callable[[DatasetConfig, PathsConfig], ImageSplits]
 
-_LOADERS: dict[str, Loader] = {
-    "digits": digits.load,
+@dataclass(frozen=True)
+class Entry:
+    module: str
+    # Whether the dataset has an official val split (`dataset.eval_split=val`).
+    has_val: bool
+
+
+_DATASETS: dict[str, Entry] = {
+    "digits": Entry("ue_sweep.data.digits", has_val=False),
+    "cifar10": Entry("ue_sweep.data.cifar10", has_val=False),
+    "pets": Entry("ue_sweep.data.pets", has_val=False),
+    "flowers102": Entry("ue_sweep.data.flowers102", has_val=True),
+    "flowers": Entry("ue_sweep.data.flowers", has_val=False),
+    "medmnist": Entry("ue_sweep.data.medmnist2d", has_val=True),
 }
 
 
 def dataset_names() -> tuple[str, ...]:
-    return tuple(sorted(_LOADERS))
+    return tuple(sorted(_DATASETS))
+
+
+def _module(cfg: DatasetConfig) -> ModuleType:
+    return importlib.import_module(_DATASETS[cfg.name].module)
+
+
+def check_dataset(cfg: DatasetConfig, paths: PathsConfig) -> None:
+    """Fail before any compute on rules between dataset fields, or files that are missing.
+
+    Single values are checked by their declared choices; files only when they are not about to
+    be downloaded (``dataset.download``). Reading and decoding happen in :func:`load_dataset`.
+    """
+    if cfg.name == "medmnist":
+        from ue_sweep.data import medmnist2d
+
+        choices = {"flag": medmnist2d.flags(), "size": medmnist2d.sizes()}
+        for key, accepted in choices.items():
+            if getattr(cfg, key) is None:
+                raise ConfigError(
+                    f"dataset.{key}", None, "one of: " + ", ".join(str(c) for c in accepted)
+                )
+    else:
+        for key in ("flag", "size"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(
+                    f"dataset.{key}",
+                    getattr(cfg, key),
+                    f"unset for {cfg.name}: only MedMNIST has flags and released sizes "
+                    "(dataset.image_size sets the training resolution)",
+                )
+    if cfg.eval_split == "val" and not _DATASETS[cfg.name].has_val:
+        raise ConfigError(
+            "dataset.eval_split", "val", f"test: {cfg.name} has no official val split"
+        )
+    if not cfg.download:
+        _module(cfg).check(cfg, paths)
+
+
+def fetch_dataset(cfg: DatasetConfig, paths: PathsConfig) -> None:
+    _module(cfg).fetch(cfg, paths)
 
 
 def load_dataset(cfg: DatasetConfig, paths: PathsConfig) -> ImageSplits:
-    return _LOADERS[cfg.name](cfg, paths)
+    """The configured dataset at ``dataset.image_size`` with ``dataset.channels`` applied.
+
+    With ``dataset.download`` its files are fetched first (machines with internet access only).
+    """
+    module = _module(cfg)
+    if cfg.download:
+        module.fetch(cfg, paths)
+    return module.load(cfg, paths).with_channels(cfg.channels)

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset, as a loader builds it and the cache stores it."""
+
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    labels: torch.Tensor  # int64 [N]
+    classes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,28 @@ class ImageSplits:
                 raise ValueError(
                     f"{self.name} {split}: {labels.shape[0]} labels for {images.shape[0]} images"
                 )
+
+    @classmethod
+    def of(cls, name: str, train: Split, test: Split, test_split: str) -> ImageSplits:
+        return cls(
+            name=name,
+            train_images=train.images,
+            train_labels=train.labels,
+            test_images=test.images,
+            test_labels=test.labels,
+            classes=train.classes,
+            test_split=test_split,
+        )
+
+    def with_channels(self, mode: str) -> ImageSplits:
+        """``rgb`` repeats a single gray channel three times; ``native`` keeps the images."""
+        if mode == "native" or self.channels == 3:
+            return self
+        return replace(
+            self,
+            train_images=self.train_images.expand(-1, 3, -1, -1).contiguous(),
+            test_images=self.test_images.expand(-1, 3, -1, -1).contiguous(),
+        )
 
     @property
     def num_classes(self) -> int:

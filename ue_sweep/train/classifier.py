@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from ue_sweep.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
 from ue_sweep.config import AugmentConfig, TrainingConfig
-from ue_sweep.data.batches import TensorStream
+from ue_sweep.data.batches import batch_source
+from ue_sweep.data.placement import ON_DEVICE, Placement
 from ue_sweep.distributed import Runtime
 from ue_sweep.models.classifiers import FeatureClassifier
 from ue_sweep.preemption import preemptible
@@ -64,15 +65,23 @@ def train_classifier(
     progress: Progress,
     name: str,
     checkpoint: StageCheckpoint = NO_CHECKPOINT,
+    placement: Placement = ON_DEVICE,
 ) -> TrainResult:
-    """Train ``model`` in place on uint8 images on ``rt.device``; evaluate on the test set.
+    """Train ``model`` in place on uint8 images kept per ``placement``; evaluate on the test set.
 
     Resumes from ``checkpoint`` when it holds a state, saves one after every epoch, and stops at a
     checkpoint when preemption is requested.
     """
     per_device = max(1, cfg.batch_size // rt.world_size)
-    stream = TensorStream(
-        train_images, train_labels, per_device, rt.env, seed, augment=augment, drop_last=True
+    stream = batch_source(
+        train_images,
+        train_labels,
+        per_device,
+        rt,
+        seed,
+        augment=augment,
+        placement=placement,
+        drop_last=True,
     )
     ddp = rt.wrap(model)
     optimizer = torch.optim.SGD(

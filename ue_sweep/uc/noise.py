@@ -12,13 +12,15 @@ def apply_cluster_noise(
 ) -> torch.Tensor:
     """uint8 images + their cluster's noise, clamped to [0, 1] and rounded back to uint8.
 
-    The result is what a data owner would publish, so victims train on the quantised images.
+    The result is what a data owner would publish, so victims train on the quantised images. It
+    stays where ``images`` are (host memory for host-placed data); the arithmetic runs on the
+    noise's device.
     """
     out = torch.empty_like(images)
     for start in range(0, len(images), chunk):
         sl = slice(start, start + chunk)
-        x = images[sl].float().div(255) + noise[cluster_ids[sl]]
-        out[sl] = x.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+        x = images[sl].to(noise.device).float().div(255) + noise[cluster_ids[sl]]
+        out[sl] = x.clamp_(0, 1).mul_(255).round_().to(out.device, torch.uint8)
     return out
 
 

@@ -9,6 +9,7 @@ import torch
 
 from ue_sweep.checkpoint import NO_CHECKPOINTS, JobCheckpoints
 from ue_sweep.config import RootConfig
+from ue_sweep.data.placement import Placement
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.distributed import Runtime
 from ue_sweep.errors import MissingFileError
@@ -43,12 +44,13 @@ def build_surrogate(
     data: ImageSplits,
     rt: Runtime,
     progress: Progress,
+    placement: Placement,
     checkpoints: JobCheckpoints = NO_CHECKPOINTS,
 ) -> tuple[FeatureClassifier, dict[str, Any]]:
     """Build the surrogate with the configured weights, frozen and in eval mode.
 
-    ``data`` must already be on ``rt.device``. With ``weights: fit`` the surrogate is first trained
-    (with DDP) on the protector's own training set, or restored once a job has fitted it.
+    ``data`` must already be placed (``placement``). With ``weights: fit`` the surrogate is first
+    trained (with DDP) on the protector's own training set, or restored once a job has fitted it.
     """
     s = cfg.surrogate
     state, source = _stored_state(cfg)
@@ -66,7 +68,7 @@ def build_surrogate(
     model.to(rt.device)
     info: dict[str, Any] = {"arch": s.arch, "weights": s.weights, "source": source}
     if s.weights == "fit":
-        info["fit"] = _fit(model, cfg, data, rt, progress, checkpoints)
+        info["fit"] = _fit(model, cfg, data, rt, progress, placement, checkpoints)
     model.eval().requires_grad_(False)
     return model, info
 
@@ -77,6 +79,7 @@ def _fit(
     data: ImageSplits,
     rt: Runtime,
     progress: Progress,
+    placement: Placement,
     checkpoints: JobCheckpoints,
 ) -> dict[str, Any]:
     """Fit the surrogate on the training set (or restore the fit of an earlier attempt)."""
@@ -97,6 +100,7 @@ def _fit(
         seed=derive_seed(cfg.seed, "surrogate-fit"),
         progress=progress,
         name="surrogate fit",
+        placement=placement,
         checkpoint=checkpoints.stage("surrogate"),
     )
     # DDP keeps parameters in sync but each rank updates its own BN statistics last.

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from ue_sweep.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
 from ue_sweep.config import AugmentConfig, BatchSizeConfig, GeneratorConfig
-from ue_sweep.data.batches import TensorStream
+from ue_sweep.data.batches import batch_source
+from ue_sweep.data.placement import ON_DEVICE, Placement
 from ue_sweep.distributed import Runtime
 from ue_sweep.models.classifiers import FeatureClassifier
 from ue_sweep.models.generators import GeneratorBank
@@ -94,6 +95,7 @@ def train_generators(
     seed: int,
     progress: Progress,
     checkpoint: StageCheckpoint = NO_CHECKPOINT,
+    placement: Placement = ON_DEVICE,
 ) -> GeneratorStats:
     """Train ``bank`` in place (wrapped in DDP) against the frozen ``surrogate``.
 
@@ -101,8 +103,8 @@ def train_generators(
     checkpoint when preemption is requested.
     """
     # The stream's "labels" are the cluster ids: the generators never see class labels.
-    stream = TensorStream(
-        train_images, clusters.ids, batch.per_device, rt.env, seed, augment=augment
+    stream = batch_source(
+        train_images, clusters.ids, batch.per_device, rt, seed, augment=augment, placement=placement
     )
     global_batch = batch.per_device * rt.world_size
     lr_factor = batch.lr_factor(global_batch)
