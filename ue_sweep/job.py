@@ -2,7 +2,8 @@
 
 ``result.json`` says ``running`` from the start, then ``completed`` with the outcome or ``failed``
 with the error. Rank 0 writes it; when this process spawned the ranks it also records a failure
-that rank 0 could not (another rank died and rank 0 was terminated).
+that rank 0 could not (another rank died and rank 0 was terminated). Rank 0 alone also has a run
+logger (``logger`` group); its runs are finished after the result file is written.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from ue_sweep.config import RootConfig
 from ue_sweep.distributed import DistEnv, env_from_launcher, runtime, spawn
+from ue_sweep.loggers import JobIdentity, RunLogger, build_logger
 from ue_sweep.pipeline import run_pipeline
 from ue_sweep.progress import Progress
 from ue_sweep.tracking import ResultRecorder
@@ -53,27 +55,48 @@ def _configure_spawned_logging(env: DistEnv, log_file: Path | None) -> None:
 
 
 def _rank_main(
-    env: DistEnv, cfg: RootConfig, job_dir: Path, recorder: ResultRecorder, log_file: Path | None
+    env: DistEnv,
+    cfg: RootConfig,
+    job_dir: Path,
+    recorder: ResultRecorder,
+    log_file: Path | None,
+    identity: JobIdentity | None,
 ) -> dict[str, Any] | None:
     if env.launcher == "spawn":
         _configure_spawned_logging(env, log_file)
     if not env.is_main:
         logging.getLogger("ue_sweep").setLevel(logging.WARNING)
-    progress = Progress(cfg.trainer.progress, enabled=env.is_main)
+    run_logger = (
+        build_logger(cfg.logger, identity) if env.is_main and identity is not None else RunLogger()
+    )
+    progress = Progress(cfg.trainer.progress, enabled=env.is_main, run_logger=run_logger)
     try:
         with runtime(env, cfg.trainer) as rt:
             outcome = run_pipeline(cfg, rt, job_dir, progress)
     except BaseException as err:
         if env.is_main:
             recorder.failed(err)
+        run_logger.close(failed=True)
         raise
-    return recorder.completed(outcome) if env.is_main else None
+    if not env.is_main:
+        return None
+    tracked = run_logger.describe()
+    record = recorder.completed(outcome if tracked is None else {**outcome, "wandb": tracked})
+    run_logger.close()
+    return record
 
 
 def run_job(
-    cfg: RootConfig, job_dir: Path, recorder: ResultRecorder, log_file: Path | None = None
+    cfg: RootConfig,
+    job_dir: Path,
+    recorder: ResultRecorder,
+    log_file: Path | None = None,
+    identity: JobIdentity | None = None,
 ) -> dict[str, Any] | None:
-    """Run the job; returns the completed record on rank 0 (None on other ranks)."""
+    """Run the job; returns the completed record on rank 0 (None on other ranks).
+
+    ``identity`` names the job's tracker runs; without it nothing is tracked.
+    """
     env = env_from_launcher()
     if env is not None and cfg.trainer.devices not in (1, env.local_world_size):
         log.warning(
@@ -86,7 +109,7 @@ def run_job(
         recorder.running()
         world = cfg.trainer.devices
         try:
-            spawn(_rank_main, world, args=(cfg, job_dir, recorder, log_file))
+            spawn(_rank_main, world, args=(cfg, job_dir, recorder, log_file, identity))
         except (ProcessRaisedException, ProcessExitedException) as err:
             error = RankFailedError(_describe(err, world))
             record = recorder.read()
@@ -97,4 +120,4 @@ def run_job(
     env = env or DistEnv()
     if env.is_main:
         recorder.running()
-    return _rank_main(env, cfg, job_dir, recorder, log_file)
+    return _rank_main(env, cfg, job_dir, recorder, log_file, identity)

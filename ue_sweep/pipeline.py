@@ -21,6 +21,7 @@ from ue_sweep.data.registry import load_dataset
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.distributed import Runtime
 from ue_sweep.errors import ConfigError
+from ue_sweep.media import NOISE_PNG, SAMPLES_PNG, noise_grid, sample_grid, save_png
 from ue_sweep.models.classifiers import build_classifier
 from ue_sweep.models.generators import GeneratorBank
 from ue_sweep.progress import Progress
@@ -79,9 +80,14 @@ def _on_device(data: ImageSplits, device: torch.device) -> ImageSplits:
 
 
 def run_pipeline(cfg: RootConfig, rt: Runtime, job_dir: Path, progress: Progress) -> dict[str, Any]:
-    """Run every stage on this rank; returns the outcome that goes into ``result.json``."""
+    """Run every stage on this rank; returns the outcome that goes into ``result.json``.
+
+    ``progress.run_logger`` gets one run per stage: ``uc`` up to the noise, then ``victim``.
+    """
     timer = StageTimer()
     started = time.perf_counter()
+    tracker = progress.run_logger
+    tracker.start_stage("uc")
     with timer("data"):
         data = load_dataset(cfg.dataset, cfg.paths)
         check_against_data(cfg, data)
@@ -106,8 +112,9 @@ def run_pipeline(cfg: RootConfig, rt: Runtime, job_dir: Path, progress: Progress
 
     with timer("features"):
         features = extract_features(surrogate, data.train_images, FEATURE_BATCH, rt)
-    with timer("kmeans"):
+    with timer("kmeans"), progress.stage("k-means", total_steps=1) as kmeans:
         clusters = cluster_features(features, cfg.clusters, cfg.seed, rt)
+        kmeans.advance()
     progress.info(
         "k-means: %d clusters of sizes %s, NMI with the classes %.2f",
         clusters.k,
@@ -170,6 +177,52 @@ def run_pipeline(cfg: RootConfig, rt: Runtime, job_dir: Path, progress: Progress
                     "classes": list(data.classes),
                 },
             )
+        pictures = {
+            "noise": noise_grid(noise, g.eps),
+            "samples": sample_grid(
+                data.train_images, train_sets["protected"], clusters.ids, noise, g.eps
+            ),
+        }
+        save_png(job_dir / NOISE_PNG, pictures["noise"])
+        save_png(job_dir / SAMPLES_PNG, pictures["samples"])
+        tracker.log_images(
+            pictures,
+            captions={
+                "noise": "UC noise of each cluster, [-eps, eps] shown as [0, 1]",
+                "samples": "per cluster: noise, a clean training image, its protected version",
+            },
+        )
+
+    uc_outcome = {
+        "world_size": rt.world_size,
+        "launcher": rt.env.launcher,
+        "device": str(rt.device),
+        "backend": rt.backend,
+        "dataset": {
+            "name": data.name,
+            "train_size": len(data.train_images),
+            "test_size": len(data.test_images),
+            "num_classes": data.num_classes,
+            "channels": data.channels,
+            "image_size": data.image_size,
+            "test_split": data.test_split,
+        },
+        "batch": {
+            "per_device": generator_stats.per_device_batch,
+            "global": generator_stats.global_batch,
+            "lr_scaling": cfg.batch_size.lr_scaling,
+            "lr_factor": generator_stats.lr_factor,
+        },
+        "surrogate": surrogate_info,
+        "clusters": clusters.summary(data.train_labels),
+        "generator": generator_stats.as_dict(),
+        "throughput": {
+            "generator_images_per_s": generator_stats.images_per_s,
+            "generator_samples_per_s": generator_stats.samples_per_s,
+        },
+    }
+    tracker.set_summary({**uc_outcome, "timings_s": timer.seconds})
+    tracker.start_stage("victim")
 
     victims: dict[str, dict[str, Any]] = {}
     with timer("victims"):
@@ -200,33 +253,8 @@ def run_pipeline(cfg: RootConfig, rt: Runtime, job_dir: Path, progress: Progress
     timer.seconds["total"] = time.perf_counter() - started
 
     accuracy = {c: victims[c]["accuracy"] for c in CONDITIONS}
-    return {
-        "world_size": rt.world_size,
-        "launcher": rt.env.launcher,
-        "device": str(rt.device),
-        "backend": rt.backend,
-        "dataset": {
-            "name": data.name,
-            "train_size": len(data.train_images),
-            "test_size": len(data.test_images),
-            "num_classes": data.num_classes,
-            "channels": data.channels,
-            "image_size": data.image_size,
-            "test_split": data.test_split,
-        },
-        "batch": {
-            "per_device": generator_stats.per_device_batch,
-            "global": generator_stats.global_batch,
-            "lr_scaling": cfg.batch_size.lr_scaling,
-            "lr_factor": generator_stats.lr_factor,
-        },
-        "surrogate": surrogate_info,
-        "clusters": clusters.summary(data.train_labels),
-        "generator": generator_stats.as_dict(),
-        "throughput": {
-            "generator_images_per_s": generator_stats.images_per_s,
-            "generator_samples_per_s": generator_stats.samples_per_s,
-        },
+    outcome = {
+        **uc_outcome,
         "timings_s": timer.seconds,
         "metrics": {
             "accuracy": accuracy,
@@ -238,5 +266,9 @@ def run_pipeline(cfg: RootConfig, rt: Runtime, job_dir: Path, progress: Progress
             "noise": NOISE_FILE,
             "protected_train": PROTECTED_FILE if cfg.save_protected else None,
             "surrogate": SURROGATE_FILE if cfg.surrogate.weights == "fit" else None,
+            "noise_image": NOISE_PNG,
+            "samples_image": SAMPLES_PNG,
         },
     }
+    tracker.set_summary(outcome)
+    return outcome
