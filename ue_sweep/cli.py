@@ -1,4 +1,7 @@
-"""The ``ue-sweep`` command: a Hydra app running one UC job per (multirun) grid point."""
+"""The ``ue-sweep`` command: a Hydra app running one UC job per (multirun) grid point.
+
+``ue-sweep report SWEEP_DIR`` is a plain sub-command, dispatched before Hydra parses argv.
+"""
 
 from __future__ import annotations
 
@@ -132,5 +135,9 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["report"]:
+        from ue_sweep.report import main as report_main
+
+        raise SystemExit(report_main(sys.argv[2:]))
     sys.argv[1:] = quote_numeric_choices(sys.argv[1:])
     hydra_job()
