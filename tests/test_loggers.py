@@ -20,7 +20,8 @@ from PIL import Image
 
 from tests.conftest import SMOKE, ue_sweep_env
 from tests.wandb_records import offline_runs
-from ue_sweep.config import LoggerConfig
+from ue_sweep.config import LoggerConfig, to_root_config
+from ue_sweep.errors import ConfigError
 from ue_sweep.loggers import (
     JobIdentity,
     WandbLogger,
@@ -75,6 +76,19 @@ JOB_FILES = {
 # --------------------------------------------------------------------------------------------
 # Naming and mode rules
 # --------------------------------------------------------------------------------------------
+
+
+def test_the_logger_group_selects_the_backend_and_validates_its_keys(compose_cfg):
+    assert to_root_config(compose_cfg()).logger.backend == "none"
+    cfg = to_root_config(compose_cfg("logger=wandb")).logger
+    assert (cfg.backend, cfg.mode, cfg.project, cfg.init_timeout_s) == (
+        "wandb",
+        "auto",
+        "ue-sweep",
+        30,
+    )
+    with pytest.raises(ConfigError, match=re.escape("logger.mode='loud' is not accepted")):
+        to_root_config(compose_cfg("logger=wandb", "logger.mode=loud"))
 
 
 def test_run_ids_are_stable_per_job_and_stage_and_distinct_across_sweeps(tmp_path):
