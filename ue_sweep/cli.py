@@ -1,4 +1,7 @@
-"""The ``ue-sweep`` command: a Hydra app running one UC job per (multirun) grid point."""
+"""The ``ue-sweep`` command: a Hydra app running one UC job per (multirun) grid point.
+
+``ue-sweep report SWEEP_DIR`` is a plain sub-command, dispatched before Hydra parses argv.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from ue_sweep.config import register_schema, to_root_config
 from ue_sweep.distributed import env_from_launcher
 from ue_sweep.errors import UserError
 from ue_sweep.job import run_job
+from ue_sweep.loggers import JobIdentity
 from ue_sweep.preemption import Preempted
 from ue_sweep.summary import format_summary
 from ue_sweep.sweep import SWEEP_NAME_ENV, plain_override, sweep_name
@@ -110,10 +114,26 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = [plain_override(o) for o in hydra_cfg.overrides.task]
-    recorder = ResultRecorder.for_job(job_dir, OmegaConf.to_container(cfg, resolve=True), overrides)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    recorder = ResultRecorder.for_job(job_dir, config, overrides)
+    # A single run is a sweep of one job; the ids of its tracker runs derive from these two.
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    identity = JobIdentity(
+        sweep_dir=str(Path(hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir).resolve()),
+        job_num=hydra_cfg.job.num if multirun else 0,
+        overrides=tuple(overrides),
+        config=config,
+        job_dir=str(job_dir),
+    )
     try:
         root = to_root_config(cfg)
-        record = run_job(root, job_dir, recorder, log_file=job_dir / f"{hydra_cfg.job.name}.log")
+        record = run_job(
+            root,
+            job_dir,
+            recorder,
+            log_file=job_dir / f"{hydra_cfg.job.name}.log",
+            identity=identity,
+        )
     except UserError as err:
         if _launcher_rank() == 0:
             recorder.failed(err)
@@ -130,6 +150,10 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["report"]:
+        from ue_sweep.report import main as report_main
+
+        raise SystemExit(report_main(sys.argv[2:]))
     sys.argv[1:] = quote_numeric_choices(sys.argv[1:])
     # The same multirun command line maps to the same sweep directory (see conf/config.yaml).
     os.environ.setdefault(SWEEP_NAME_ENV, sweep_name(sys.argv[1:]))

@@ -197,9 +197,31 @@ class TrainerConfig:
     progress: str = setting("auto", one_of=("auto", "bar", "log", "none"))
 
 
+def _logger_backends() -> Sequence[str]:
+    from ue_sweep.loggers import BACKENDS
+
+    return tuple(BACKENDS)
+
+
 @dataclass
 class LoggerConfig:
-    backend: str = setting("none", one_of=("none",))
+    """Experiment tracking of rank 0 (`logger=none | wandb`); never holds credentials."""
+
+    backend: str = setting("none", one_of=_logger_backends)
+    project: str = "ue-sweep"
+    entity: str | None = None
+    # W&B run group; null: named after the sweep directory (the run directory of a single run).
+    group: str | None = None
+    # Run name; null: the job's overrides (`dataset=digits,batch_size=256`).
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    # auto: $WANDB_MODE if set, else online when an API key is configured, else offline.
+    mode: str = setting("auto", one_of=("auto", "online", "offline", "disabled"))
+    # W&B files; null: $WANDB_DIR if set, else the job directory.
+    dir: str | None = None
+    # Bounds on what W&B may cost a job: wandb.init, and uploads at the end of each run.
+    init_timeout_s: float = setting(30.0, gt=0.0)
+    finish_timeout_s: float = setting(60.0, gt=0.0)
 
 
 @dataclass

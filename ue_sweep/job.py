@@ -4,7 +4,8 @@
 with the error, or ``preempted`` after a checkpoint-and-stop. Rank 0 writes it; when this process
 spawned the ranks it also records a failure that rank 0 could not (another rank died and rank 0
 was terminated). A job whose directory already holds a completed result with the same fingerprint
-is skipped; one that was interrupted resumes from its checkpoints.
+is skipped; one that was interrupted resumes from its checkpoints. Rank 0 alone also has a run
+logger (``logger`` group); its runs are finished after the result file is written.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ue_sweep import preemption
 from ue_sweep.checkpoint import CHECKPOINT_DIR, JobCheckpoints, fingerprint
 from ue_sweep.config import RootConfig
 from ue_sweep.distributed import DistEnv, env_from_launcher, runtime, spawn
+from ue_sweep.loggers import JobIdentity, RunLogger, build_logger
 from ue_sweep.pipeline import run_pipeline
 from ue_sweep.preemption import Preempted
 from ue_sweep.progress import Progress
@@ -65,12 +67,16 @@ def _rank_main(
     recorder: ResultRecorder,
     log_file: Path | None,
     checkpoints: JobCheckpoints,
+    identity: JobIdentity | None,
 ) -> dict[str, Any] | None:
     if env.launcher == "spawn":
         _configure_spawned_logging(env, log_file)
     if not env.is_main:
         logging.getLogger("ue_sweep").setLevel(logging.WARNING)
-    progress = Progress(cfg.trainer.progress, enabled=env.is_main)
+    run_logger = (
+        build_logger(cfg.logger, identity) if env.is_main and identity is not None else RunLogger()
+    )
+    progress = Progress(cfg.trainer.progress, enabled=env.is_main, run_logger=run_logger)
     writer = replace(checkpoints, writer=env.is_main)
     try:
         with runtime(env, cfg.trainer) as rt:
@@ -82,8 +88,14 @@ def _rank_main(
     except BaseException as err:
         if env.is_main:
             recorder.failed(err)
+        run_logger.close(failed=True)
         raise
-    return recorder.completed(outcome) if env.is_main else None
+    if not env.is_main:
+        return None
+    tracked = run_logger.describe()
+    record = recorder.completed(outcome if tracked is None else {**outcome, "wandb": tracked})
+    run_logger.close()
+    return record
 
 
 def _previous_attempt(recorder: ResultRecorder, fp: str) -> dict[str, Any] | None:
@@ -92,9 +104,16 @@ def _previous_attempt(recorder: ResultRecorder, fp: str) -> dict[str, Any] | Non
 
 
 def run_job(
-    cfg: RootConfig, job_dir: Path, recorder: ResultRecorder, log_file: Path | None = None
+    cfg: RootConfig,
+    job_dir: Path,
+    recorder: ResultRecorder,
+    log_file: Path | None = None,
+    identity: JobIdentity | None = None,
 ) -> dict[str, Any] | None:
-    """Run the job; returns the completed record on rank 0 (None on other ranks)."""
+    """Run the job; returns the completed record on rank 0 (None on other ranks).
+
+    ``identity`` names the job's tracker runs; without it nothing is tracked.
+    """
     env = env_from_launcher()
     if env is not None and cfg.trainer.devices not in (1, env.local_world_size):
         log.warning(
@@ -118,7 +137,7 @@ def run_job(
     if spawn_here:
         recorder.running()
         try:
-            spawn(_rank_main, world, args=(cfg, job_dir, recorder, log_file, checkpoints))
+            spawn(_rank_main, world, args=(cfg, job_dir, recorder, log_file, checkpoints, identity))
         except (ProcessRaisedException, ProcessExitedException) as err:
             error = RankFailedError(_describe(err, world))
             record = recorder.read()
@@ -129,4 +148,4 @@ def run_job(
     env = env or DistEnv()
     if env.is_main:
         recorder.running()
-    return _rank_main(env, cfg, job_dir, recorder, log_file, checkpoints)
+    return _rank_main(env, cfg, job_dir, recorder, log_file, checkpoints, identity)

@@ -23,6 +23,7 @@ from ue_sweep.data.registry import load_dataset
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.distributed import Runtime
 from ue_sweep.errors import ConfigError
+from ue_sweep.media import NOISE_PNG, SAMPLES_PNG, noise_grid, sample_grid, save_png
 from ue_sweep.models.classifiers import FeatureClassifier, build_classifier
 from ue_sweep.models.generators import GeneratorBank
 from ue_sweep.progress import Progress
@@ -105,6 +106,7 @@ def _clusters(
     surrogate: FeatureClassifier,
     data: ImageSplits,
     rt: Runtime,
+    progress: Progress,
     timer: StageTimer,
     checkpoints: JobCheckpoints,
 ) -> Clusters:
@@ -115,8 +117,9 @@ def _clusters(
         )
     with timer("features"):
         features = extract_features(surrogate, data.train_images, FEATURE_BATCH, rt)
-    with timer("kmeans"):
+    with timer("kmeans"), progress.stage("k-means", total_steps=1) as kmeans:
         clusters = cluster_features(features, cfg.clusters, cfg.seed, rt)
+        kmeans.advance()
     checkpoints.mark_done(
         "clusters",
         {
@@ -229,9 +232,13 @@ def run_pipeline(
     Stages finished by an earlier attempt of the job are restored from ``checkpoints``, and the
     interrupted one resumes from its last checkpoint. ``timings_s`` are this attempt's wall times;
     the training stages report their seconds over all attempts.
+
+    ``progress.run_logger`` gets one run per stage: ``uc`` up to the noise, then ``victim``.
     """
     timer = StageTimer()
     started = time.perf_counter()
+    tracker = progress.run_logger
+    tracker.start_stage("uc")
     with timer("data"):
         data = _load_data(cfg, rt)
         check_against_data(cfg, data)
@@ -256,7 +263,7 @@ def run_pipeline(
     if rt.is_main and cfg.surrogate.weights == "fit":
         atomic_torch_save(job_dir / SURROGATE_FILE, surrogate.state_dict())
 
-    clusters = _clusters(cfg, surrogate, data, rt, timer, checkpoints)
+    clusters = _clusters(cfg, surrogate, data, rt, progress, timer, checkpoints)
     progress.info(
         "k-means: %d clusters of sizes %s, NMI with the classes %.2f",
         clusters.k,
@@ -299,18 +306,23 @@ def run_pipeline(
                     "classes": list(data.classes),
                 },
             )
-
-    with timer("victims"):
-        victims = {
-            condition: _victim(
-                cfg, condition, train_sets[condition], data, rt, progress, placement, checkpoints
-            )
-            for condition in CONDITIONS
+        pictures = {
+            "noise": noise_grid(noise, g.eps),
+            "samples": sample_grid(
+                data.train_images, train_sets["protected"], clusters.ids, noise, g.eps
+            ),
         }
-    timer.seconds["total"] = time.perf_counter() - started
+        save_png(job_dir / NOISE_PNG, pictures["noise"])
+        save_png(job_dir / SAMPLES_PNG, pictures["samples"])
+        tracker.log_images(
+            pictures,
+            captions={
+                "noise": "UC noise of each cluster, [-eps, eps] shown as [0, 1]",
+                "samples": "per cluster: noise, a clean training image, its protected version",
+            },
+        )
 
-    accuracy = {c: victims[c]["accuracy"] for c in CONDITIONS}
-    return {
+    uc_outcome = {
         "world_size": rt.world_size,
         "launcher": rt.env.launcher,
         "device": str(rt.device),
@@ -341,6 +353,22 @@ def run_pipeline(
             "generator_images_per_s": generator_stats.images_per_s,
             "generator_samples_per_s": generator_stats.samples_per_s,
         },
+    }
+    tracker.set_summary({**uc_outcome, "timings_s": timer.seconds})
+    tracker.start_stage("victim")
+
+    with timer("victims"):
+        victims = {
+            condition: _victim(
+                cfg, condition, train_sets[condition], data, rt, progress, placement, checkpoints
+            )
+            for condition in CONDITIONS
+        }
+    timer.seconds["total"] = time.perf_counter() - started
+
+    accuracy = {c: victims[c]["accuracy"] for c in CONDITIONS}
+    outcome = {
+        **uc_outcome,
         "timings_s": timer.seconds,
         "metrics": {
             "accuracy": accuracy,
@@ -352,5 +380,9 @@ def run_pipeline(
             "noise": NOISE_FILE,
             "protected_train": PROTECTED_FILE if cfg.save_protected else None,
             "surrogate": SURROGATE_FILE if cfg.surrogate.weights == "fit" else None,
+            "noise_image": NOISE_PNG,
+            "samples_image": SAMPLES_PNG,
         },
     }
+    tracker.set_summary(outcome)
+    return outcome

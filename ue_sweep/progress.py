@@ -1,14 +1,22 @@
-"""Rank-0 progress: a bar per stage on a terminal, one log line per epoch in batch jobs."""
+"""Rank-0 progress: a bar per stage on a terminal, log lines in batch jobs, epochs to the tracker.
+
+In ``log`` mode (batch jobs, whose output goes to a file) a stage logs one line per epoch and,
+inside long epochs, a line every ``log_every_s`` seconds with the step count and the time left.
+Every epoch also reaches the run logger (W&B), with the stage's steps per second.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from tqdm import tqdm
+
+from ue_sweep.loggers import RunLogger
 
 log = logging.getLogger("ue_sweep")
 
@@ -20,27 +28,76 @@ def _fmt(metrics: dict[str, Any]) -> str:
 
 
 class StageProgress:
-    def __init__(self, name: str, total: int, epochs: int, bar: tqdm | None, quiet: bool) -> None:
-        self.name, self.total, self.epochs, self.bar, self.quiet = name, total, epochs, bar, quiet
+    def __init__(
+        self,
+        name: str,
+        total: int,
+        epochs: int,
+        bar: tqdm | None,
+        mode: str,
+        run_logger: RunLogger,
+        log_every_s: float,
+    ) -> None:
+        self.name, self.total, self.epochs, self.bar, self.mode = name, total, epochs, bar, mode
+        self.run_logger, self.log_every_s = run_logger, log_every_s
+        self.done = self.epochs_seen = 0
+        self.started = self._last_line = self._epoch_started = time.monotonic()
+        self._epoch_start_step = 0
 
     def advance(self, steps: int = 1) -> None:
+        self.done += steps
         if self.bar is not None:
             self.bar.update(steps)
+        elif self.mode == "log" and time.monotonic() - self._last_line >= self.log_every_s:
+            self._log_position()
+
+    def _log_position(self) -> None:
+        now = time.monotonic()
+        rate = self.done / max(now - self.started, 1e-9)
+        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        log.info(
+            "%s step %d/%d (%.0f%%), %.3g steps/s, %s left",
+            self.name,
+            self.done,
+            self.total,
+            100 * self.done / max(self.total, 1),
+            rate,
+            tqdm.format_interval(left) if left != float("inf") else "?",
+        )
+        self._last_line = now
 
     def epoch_done(self, epoch: int, **metrics: Any) -> None:
+        now = time.monotonic()
+        steps_per_s = (self.done - self._epoch_start_step) / max(now - self._epoch_started, 1e-9)
+        self._epoch_started, self._epoch_start_step = now, self.done
+        self.epochs_seen += 1
+        self.run_logger.log_epoch(self.name, epoch, {**metrics, "steps_per_s": steps_per_s})
         if self.bar is not None:
             self.bar.set_postfix_str(f"epoch {epoch + 1}/{self.epochs} {_fmt(metrics)}")
-        elif not self.quiet:
+        elif self.mode == "log":
             log.info("%s epoch %d/%d %s", self.name, epoch + 1, self.epochs, _fmt(metrics))
+            self._last_line = now
 
 
 class Progress:
-    """``mode``: auto (bar on a terminal, else log), bar, log, none. Silent off rank 0."""
+    """``mode``: auto (bar on a terminal, else log), bar, log, none. Silent off rank 0.
 
-    def __init__(self, mode: str = "auto", enabled: bool = True) -> None:
+    ``run_logger`` receives every epoch's metrics and is what the pipeline reports its stages,
+    pictures and final values to; rank 0 alone gets a real one.
+    """
+
+    def __init__(
+        self,
+        mode: str = "auto",
+        enabled: bool = True,
+        run_logger: RunLogger | None = None,
+        log_every_s: float = 60.0,
+    ) -> None:
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "log"
         self.mode = mode if enabled else "none"
+        self.run_logger = run_logger if run_logger is not None and enabled else RunLogger()
+        self.log_every_s = log_every_s
 
     def info(self, message: str, *args: Any) -> None:
         if self.mode != "none":
@@ -51,8 +108,15 @@ class Progress:
         bar = None
         if self.mode == "bar":
             bar = tqdm(total=total_steps, desc=name, unit="step", dynamic_ncols=True, leave=True)
+        stage = StageProgress(
+            name, total_steps, epochs, bar, self.mode, self.run_logger, self.log_every_s
+        )
         try:
-            yield StageProgress(name, total_steps, epochs, bar, quiet=self.mode == "none")
+            yield stage
         finally:
             if bar is not None:
                 bar.close()
+            elif self.mode == "log" and stage.epochs_seen == 0 and stage.done == total_steps:
+                # Stages without epochs (k-means) say when they end and how long they took.
+                elapsed = tqdm.format_interval(time.monotonic() - stage.started)
+                log.info("%s done in %s", name, elapsed)

@@ -23,7 +23,7 @@ import torch
 RESULT_FILE = "result.json"
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -38,11 +38,11 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:
-    _atomic_write(path, lambda f: json.dump(payload, f, indent=2, allow_nan=True), "w")
+    atomic_write(path, lambda f: json.dump(payload, f, indent=2, allow_nan=True), "w")
 
 
 def atomic_torch_save(path: Path, payload: Any) -> None:
-    _atomic_write(path, lambda f: torch.save(payload, f), "wb")
+    atomic_write(path, lambda f: torch.save(payload, f), "wb")
 
 
 def versions() -> dict[str, str | None]:
