@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -16,11 +17,21 @@ from ue_sweep.config import TrainerConfig
 from ue_sweep.distributed import (
     DistEnv,
     DistributedSetupError,
+    cpu_threads,
     env_from_launcher,
     free_port,
     runtime,
     spawn,
 )
+
+
+def test_threads_follow_the_config_then_slurm_cpus_per_task_then_the_cores():
+    two_ranks = DistEnv(rank=0, world_size=2, local_world_size=2)
+    slurm = {"SLURM_CPUS_PER_TASK": "3"}
+    assert cpu_threads(TrainerConfig(threads=5), two_ranks, slurm) == 5
+    assert cpu_threads(TrainerConfig(), two_ranks, slurm) == 3
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(TrainerConfig(), two_ranks, {}) == max(1, cores // 2)
 
 
 def test_launcher_environment_is_read_from_torch_distributed_variables():

@@ -233,7 +233,9 @@ def test_offline_runs_hold_config_history_summary_and_media_and_a_requeue_reuses
             assert image.format == "PNG" and image.width >= 10 * 64
     assert "k-means done in" in (job / "ue_sweep.log").read_text()
 
-    # A requeued job (same sweep directory and job number) logs to the same two runs.
+    # A requeued job (same sweep directory and job number) logs to the same two runs. A completed
+    # job would be skipped: mark it as a preempted attempt leaves it.
+    (job / "result.json").write_text(json.dumps({**record, "status": "preempted"}))
     again = _run(args, tmp_path, env)
     assert again.returncode == 0, again.stderr[-3000:]
     runs = offline_runs(tmp_path / "wandb-files")

@@ -34,10 +34,16 @@ pytestmark = [
     ),
 ]
 
-SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=10", *SMOKE]
-# Long enough to be caught mid-run (about 25 s of generator epochs here); one thread per job
-# keeps two runs of the same job bit-identical whatever else shares the node.
-LONG = ["generator.epochs=32", "trainer.threads=1"]
+# One CPU per task (and so one thread: SLURM_CPUS_PER_TASK): two jobs share the 2-core node.
+SLURM = [
+    "-m",
+    "hydra/launcher=slurm",
+    "hydra.launcher.timeout_min=10",
+    "hydra.launcher.cpus_per_task=1",
+    *SMOKE,
+]
+# Long enough to be requeued mid-run, right after its first generator checkpoint.
+LONG = ["generator.epochs=12"]
 
 
 def _start_sweep(args: list[str], cwd: Path) -> subprocess.Popen:
@@ -147,6 +153,8 @@ def test_a_cancelled_job_is_reported_and_not_waited_on(tmp_path):
     subprocess.run(["scancel", _slurm_job_id(tmp_path / "sweep", 1)], check=True)
     output, _ = sweep.communicate(timeout=180)
     assert "2 jobs: 1 completed, 1 cancelled" in output, output[-3000:]
+    assert sweep.returncode != 0 and "job #1 (" in output and "cancelled: scheduler state" in output
+    assert "Traceback" not in output, "one line per job that did not complete"
     assert time.monotonic() - started < 240, "2000 epochs would take 25 minutes"
     statuses = [r["status"] for r in read_results(tmp_path / "sweep")]
     assert statuses == ["completed", "cancelled"]

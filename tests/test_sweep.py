@@ -146,3 +146,55 @@ def test_lsf_tasks_get_ranks_from_jsrun_or_mpirun_and_skip_the_launch_node(
     env = env_from_launcher()
     assert (env.rank, env.local_rank, env.world_size, env.local_world_size) == expected
     assert (env.master_addr, env.launcher) == ("h41n07", "lsf")
+
+
+def _grid(experiment: str) -> list[tuple[str, int, int]]:
+    """(dataset, per-device batch, global batch) of every job the preset's multirun submits."""
+    from hydra import compose, initialize_config_module
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    import ue_sweep.cli  # noqa: F401 (registers the launchers and their configs)
+
+    overrides = [f"experiment={experiment}", "hydra.launcher.project=ABC123"]
+    with initialize_config_module("ue_sweep.conf", version_base="1.3"):
+        hydra_cfg = compose("config", overrides=overrides, return_hydra_config=True).hydra
+        params = [f"{k}={v}" for k, v in hydra_cfg.sweeper.params.items()]
+        parsed = OverridesParser.create().parse_overrides(params)
+        (batch,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+        world = hydra_cfg.launcher.nodes * hydra_cfg.launcher.tasks_per_node
+        grid = []
+        for job in batch:
+            cfg = compose("config", overrides=[*overrides, *job])
+            dataset = dict(o.split("=", 1) for o in job)["dataset"]
+            per_device = cfg.batch_size.per_device
+            grid.append((dataset, per_device, per_device * world))
+    return grid
+
+
+def test_the_hpc_grid_preset_is_six_datasets_by_six_batch_sizes_on_48_gpus():
+    grid = _grid("hpc_grid")
+    assert len(grid) == 36
+    assert {d for d, _, _ in grid} == {
+        "pets",
+        "flowers",
+        "flowers102",
+        "pathmnist",
+        "bloodmnist",
+        "organamnist",
+    }
+    assert sorted({(p, g) for _, p, g in grid}) == [
+        (32, 1536),
+        (64, 3072),
+        (128, 6144),
+        (256, 12288),
+        (512, 24576),
+        (1024, 49152),
+    ]
+
+
+def test_the_medmnist_small_batch_preset_runs_two_datasets_up_to_512():
+    grid = _grid("medmnist_small_batch")
+    assert {d for d, _, _ in grid} == {"pathmnist", "bloodmnist"}
+    assert sorted({g for _, _, g in grid}) == [1536, 3072, 6144, 12288, 24576]
+    assert len(grid) == 10

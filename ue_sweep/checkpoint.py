@@ -2,8 +2,9 @@
 
 A job directory holds ``checkpoints/<stage>.pt`` (the running state of a training stage, rewritten
 atomically every epoch and on preemption) and ``checkpoints/<stage>.done.pt`` (the outcome of a
-finished stage). Every file carries the job's fingerprint; files from a different configuration
-or world size are ignored, so a re-used job directory never resumes someone else's run.
+finished stage) until the job completes. Every file carries the job's fingerprint; files from a
+different configuration or world size are ignored, so a re-used job directory never resumes
+someone else's run.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,11 @@ class JobCheckpoints:
         running = self._file(name)
         if running is not None and self.writer:
             running.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Delete the directory once the job's result is recorded: it is never read again."""
+        if self.root is not None and self.writer:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 #: Checkpoints of a job that is never resumed (unit tests, throwaway runs).

@@ -95,13 +95,17 @@ def _register_launchers() -> None:
     """Make ue-sweep's launchers known to Hydra.
 
     Hydra finds plugins by scanning the ``hydra_plugins`` namespace package, which misses editable
-    installs; registering the classes explicitly works for every kind of install.
+    installs; registering the classes explicitly works for every kind of install. The configs
+    are stored again once Hydra's own are in place (see ``register``).
     """
     from hydra.core.plugins import Plugins
+    from hydra_plugins.ue_sweep_launchers.config import register
     from hydra_plugins.ue_sweep_launchers.launchers import LAUNCHERS
 
+    plugins = Plugins.instance()
     for launcher in LAUNCHERS:
-        Plugins.instance().register(launcher)
+        plugins.register(launcher)
+    register()
 
 
 register_schema()

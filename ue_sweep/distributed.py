@@ -200,10 +200,21 @@ class Runtime:
         return nullcontext()
 
 
-def _configure_threads(trainer: TrainerConfig, env: DistEnv) -> None:
+def cpu_threads(
+    trainer: TrainerConfig, env: DistEnv, environ: Mapping[str, str] = os.environ
+) -> int:
+    """Threads per process: ``trainer.threads``, else SLURM's ``--cpus-per-task``, else an even
+    share of the cores this process may run on.
+
+    SLURM without CPU binding leaves every core in a job's affinity mask; sizing by it would have
+    each job of a node-sharing sweep run one thread per core of the node.
+    """
+    if trainer.threads:
+        return trainer.threads
+    if environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return max(1, int(environ["SLURM_CPUS_PER_TASK"]))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = trainer.threads or max(1, (cores or 1) // max(1, env.local_world_size))
-    torch.set_num_threads(threads)
+    return max(1, (cores or 1) // max(1, env.local_world_size))
 
 
 @contextmanager
@@ -217,7 +228,7 @@ def runtime(env: DistEnv, trainer: TrainerConfig) -> Iterator[Runtime]:
     )
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    _configure_threads(trainer, env)
+    torch.set_num_threads(cpu_threads(trainer, env))
     timeout = datetime.timedelta(seconds=trainer.timeout_s)
     try:
         if env.world_size == 1:

@@ -94,6 +94,7 @@ def _rank_main(
         return None
     tracked = run_logger.describe()
     record = recorder.completed(outcome if tracked is None else {**outcome, "wandb": tracked})
+    writer.clear()
     run_logger.close()
     return record
 

@@ -57,8 +57,16 @@ class LSFConf(BaseQueueConf):
 
 
 def register() -> None:
+    """Store the launcher configs; ``basic`` too, replacing Hydra's basic launcher as default.
+
+    Taking over ``basic`` (rather than overriding ``hydra/launcher`` in the primary config) keeps
+    the launcher overridable from ``experiment`` configs: Hydra applies the first override of a
+    group it meets, and the primary config's would shadow every preset's. Call it after Hydra has
+    registered its own core plugins.
+    """
     store = ConfigStore.instance()
     for name, node in (
+        ("basic", InlineConf),
         ("inline", InlineConf),
         ("local", LocalConf),
         ("slurm", SlurmConf),

@@ -11,6 +11,7 @@ from typing import Any
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from hydra_plugins.ue_sweep_launchers import config as _config  # noqa: F401 (registers configs)
@@ -71,6 +72,34 @@ def _finish(
     outcomes = [JobOutcome.from_record(job, skipped=job.num in skipped) for job in planned]
     log.info("%s", format_summary(launcher.config.hydra.sweep.dir, outcomes))
     return [returns[job.num] for job in planned]
+
+
+class JobNotCompletedError(CompactHydraException):
+    """A cluster job that ended without a result: Hydra reports it in one line after the sweep."""
+
+
+def _collect(job: PlannedJob, submitted: Any) -> JobReturn:
+    """The job's JobReturn once it has ended; an end without one is recorded, never raised.
+
+    A cancelled job is taken at the scheduler's word: submitit would first wait 15 s for a
+    result file that cannot come.
+    """
+    submitted.wait()
+    state = submitted.state
+    if state.upper().startswith("CANCELLED"):
+        status, reason = "cancelled", f"scheduler state {state}"
+    else:
+        try:
+            return submitted.results()[0]
+        except Exception as err:  # one job's end, however it came, never stops the sweep
+            status, reason = "failed", f"scheduler state {state}; {type(err).__name__}"
+    job.record_unfinished(status, reason)
+    return JobReturn(
+        overrides=job.overrides,
+        working_dir=str(job.job_dir),
+        status=JobStatus.FAILED,
+        _return_value=JobNotCompletedError(f"job #{job.num} ({job.label}) {status}: {reason}"),
+    )
 
 
 class InlineLauncher(BasicLauncher):
@@ -156,20 +185,7 @@ class _SubmititSweepLauncher(BaseSubmititLauncher):
                 [state] * len(todo),
             )
             for job, submitted in zip(todo, jobs, strict=True):
-                try:
-                    returns[job.num] = submitted.results()[0]
-                except Exception as err:  # one job's end, however it came, never stops the sweep
-                    scheduler_state = submitted.state
-                    status = (
-                        "cancelled" if scheduler_state.upper().startswith("CANCELLED") else "failed"
-                    )
-                    job.record_unfinished(status, f"scheduler state {scheduler_state}")
-                    returns[job.num] = JobReturn(
-                        overrides=job.overrides,
-                        working_dir=str(job.job_dir),
-                        status=JobStatus.FAILED,
-                        _return_value=err,
-                    )
+                returns[job.num] = _collect(job, submitted)
         return _finish(self, planned, returns, skipped)
 
 
