@@ -16,7 +16,10 @@ def test_sweep_name_depends_on_the_grid_not_on_order_or_launcher():
     assert a == sweep_name(
         ["-m", "batch_size=32,64", "clusters=5", "hydra/launcher=slurm", "hydra.launcher.nodes=2"]
     )
+    reporting = ["trainer.progress=log", "logger=wandb", "logger.project=x"]
+    assert a == sweep_name(["-m", "batch_size=32,64", "clusters=5", *reporting])
     assert a != sweep_name(["-m", "batch_size=32,64", "clusters=10"])
+    assert a != sweep_name(["-m", "batch_size=32,64", "clusters=5", "trainer.threads=1"])
     assert a.startswith("sweep-")
     assert sweep_name(["-m", "experiment=hpc_grid"]).startswith("hpc_grid-")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ue_sweep.checkpoint import fingerprint
+from ue_sweep.checkpoint import NON_SEMANTIC_KEYS, fingerprint
 from ue_sweep.tracking import RESULT_FILE, atomic_write_json, now
 
 SWEEP_NAME_ENV = "UE_SWEEP_NAME"
@@ -28,14 +28,25 @@ def sweep_name(args: Sequence[str]) -> str:
     """A stable directory name for the sweep a command line describes.
 
     The same ``ue-sweep -m ...`` command maps to the same directory, so running it again finds
-    its finished jobs. Launcher choice and other ``hydra`` settings do not change the name.
+    its finished jobs. Launcher choice and other ``hydra`` settings do not change the name, nor
+    do the reporting keys that leave a job's results alone (progress display, W&B logging).
     """
-    overrides = sorted(a for a in args if not a.startswith(("-", "hydra")))
+    overrides = sorted(
+        a for a in args if not a.startswith(("-", "hydra")) and not _reporting_override(a)
+    )
     experiment = next(
         (a.split("=", 1)[1] for a in overrides if a.startswith("experiment=")), "sweep"
     )
     digest = hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8]
     return f"{experiment}-{digest}"
+
+
+def _reporting_override(override: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return any(
+        key == dotted or key.startswith(f"{dotted}.")
+        for dotted in (".".join(path) for path in NON_SEMANTIC_KEYS)
+    )
 
 
 def plain_override(override: str) -> str:
