@@ -13,7 +13,8 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,46 @@ class Resumable:
         self.checkpoint.save(
             {name: obj.state_dict() for name, obj in self.objects.items()} | loop_variables
         )
+
+    def start(self, num_sums: int, device: torch.device) -> LoopPosition:
+        """Restore the objects, if saved, and the loop's position (the start, if not)."""
+        saved = self.restore() or {}
+        step = saved.get("step", 0)
+        sums = (
+            saved["sums"].to(device)
+            if step
+            else torch.zeros(num_sums, device=device, dtype=torch.float64)
+        )
+        return LoopPosition(
+            epoch=saved.get("epoch", 0),
+            step=step,
+            sums=sums,
+            history=saved.get("history", []),
+            earlier_seconds=saved.get("seconds", 0.0),
+        )
+
+    def save_at(self, loop: LoopPosition, epoch: int, step: int, history: list[Any]) -> None:
+        """Save the objects with the loop standing at ``step`` of ``epoch``."""
+        self.save(
+            epoch=epoch, step=step, sums=loop.sums.cpu(), history=history, seconds=loop.seconds
+        )
+
+
+@dataclass
+class LoopPosition:
+    """Where a training loop stands: what a resume needs besides the trained objects."""
+
+    epoch: int
+    step: int
+    #: running sums of the current epoch on this rank (float64), updated in place
+    sums: torch.Tensor
+    #: per-epoch records, in the plain form they are saved in
+    history: list[Any]
+    #: training time of earlier attempts
+    earlier_seconds: float
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def seconds(self) -> float:
+        """Training time over all attempts so far."""
+        return self.earlier_seconds + time.perf_counter() - self.started

@@ -91,24 +91,13 @@ def train_classifier(
         optimizer, T_max=cfg.epochs * len(stream), eta_min=cfg.min_lr
     )
     resumable = Resumable(checkpoint, model=model, optimizer=optimizer, schedule=schedule)
-    saved = resumable.restore() or {}
-    start_epoch, start_step = saved.get("epoch", 0), saved.get("step", 0)
-    history = [EpochRecord(**r) for r in saved.get("history", [])]
-    earlier_seconds = saved.get("seconds", 0.0)
-    started = time.perf_counter()
-    # [sum of per-sample losses, correct, samples] of the running epoch on this rank
-    sums = torch.zeros(3, device=rt.device, dtype=torch.float64)
-    if start_step:
-        sums = saved["sums"].to(rt.device)
+    # running sums: [sum of per-sample losses, correct, samples] of the epoch on this rank
+    loop = resumable.start(num_sums=3, device=rt.device)
+    start_epoch, start_step, sums = loop.epoch, loop.step, loop.sums
+    history = [EpochRecord(**r) for r in loop.history]
 
     def save(epoch: int, step: int) -> None:
-        resumable.save(
-            epoch=epoch,
-            step=step,
-            sums=sums.cpu(),
-            history=[asdict(r) for r in history],
-            seconds=earlier_seconds + time.perf_counter() - started,
-        )
+        resumable.save_at(loop, epoch, step, [asdict(r) for r in history])
 
     test: EvalResult | None = None
     with progress.stage(name, cfg.epochs * len(stream), cfg.epochs) as bar:
@@ -164,6 +153,6 @@ def train_classifier(
         per_device_batch=per_device,
         global_batch=per_device * rt.world_size,
         steps_per_epoch=len(stream),
-        seconds=earlier_seconds + time.perf_counter() - started,
+        seconds=loop.seconds,
         history=history,
     )

@@ -13,7 +13,6 @@ DistributedDataParallel sees exactly one forward and one backward per step howev
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -117,24 +116,13 @@ def train_generators(
     )
     target_probs = clusters.centers[clusters.targets].softmax(-1)
     resumable = Resumable(checkpoint, bank=bank, optimizer=optimizer, schedule=schedule)
-    saved = resumable.restore() or {}
-    start_epoch, start_step = saved.get("epoch", 0), saved.get("step", 0)
-    history: list[float] = saved.get("history", [])
-    earlier_seconds = saved.get("seconds", 0.0)
-    started = time.perf_counter()
-    # [sum of per-step losses, steps] of the running epoch on this rank
-    sums = torch.zeros(2, device=rt.device, dtype=torch.float64)
-    if start_step:
-        sums = saved["sums"].to(rt.device)
+    # running sums: [sum of per-step losses, steps] of the epoch on this rank
+    loop = resumable.start(num_sums=2, device=rt.device)
+    start_epoch, start_step, sums = loop.epoch, loop.step, loop.sums
+    history: list[float] = loop.history
 
     def save(epoch: int, step: int) -> None:
-        resumable.save(
-            epoch=epoch,
-            step=step,
-            sums=sums.cpu(),
-            history=history,
-            seconds=earlier_seconds + time.perf_counter() - started,
-        )
+        resumable.save_at(loop, epoch, step, history)
 
     with progress.stage("generators", cfg.epochs * len(stream), cfg.epochs) as bar:
         bar.advance(start_epoch * len(stream) + start_step)
@@ -164,7 +152,7 @@ def train_generators(
             history.append(loss_sum / steps)
             save(epoch + 1, 0)
             bar.epoch_done(epoch, kl=history[-1])
-    seconds = earlier_seconds + time.perf_counter() - started
+    seconds = loop.seconds
     samples = stream.samples_per_epoch * rt.world_size * cfg.epochs
     per_sample = clusters.k if cfg.scope == "all" else 1
     return GeneratorStats(
