@@ -19,7 +19,7 @@ from typing import Any
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from ue_sweep import preemption
-from ue_sweep.checkpoint import CHECKPOINT_DIR, JobCheckpoints, fingerprint
+from ue_sweep.checkpoint import CHECKPOINT_DIR, JobCheckpoints, earlier_attempt, fingerprint
 from ue_sweep.config import RootConfig
 from ue_sweep.distributed import DistEnv, env_from_launcher, runtime, spawn
 from ue_sweep.loggers import JobIdentity, RunLogger, build_logger
@@ -99,11 +99,6 @@ def _rank_main(
     return record
 
 
-def _previous_attempt(recorder: ResultRecorder, fp: str) -> dict[str, Any] | None:
-    record = recorder.read()
-    return record if record is not None and record.get("fingerprint") == fp else None
-
-
 def run_job(
     cfg: RootConfig,
     job_dir: Path,
@@ -126,7 +121,7 @@ def run_job(
     spawn_here = env is None and cfg.trainer.devices > 1
     world = cfg.trainer.devices if env is None else env.world_size
     fp = fingerprint(recorder.base["config"], world)
-    previous = _previous_attempt(recorder, fp)
+    previous = earlier_attempt(recorder.read(), fp)
     if previous is not None and previous["status"] == "completed":
         log.info("%s already completed with this configuration: skipped", job_dir)
         return previous if env is None or env.is_main else None

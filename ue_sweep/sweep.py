@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ue_sweep.checkpoint import NON_SEMANTIC_KEYS, fingerprint
+from ue_sweep.checkpoint import NON_SEMANTIC_KEYS, earlier_attempt, fingerprint
 from ue_sweep.tracking import RESULT_FILE, atomic_write_json, now
 
 SWEEP_NAME_ENV = "UE_SWEEP_NAME"
@@ -85,14 +85,8 @@ class PlannedJob:
 
     def completed_record(self) -> dict[str, Any] | None:
         """The job's result if an earlier run completed this exact job, else None."""
-        record = self.record()
-        if (
-            record
-            and record.get("status") == "completed"
-            and record.get("fingerprint") == self.fingerprint
-        ):
-            return record
-        return None
+        record = earlier_attempt(self.record(), self.fingerprint)
+        return record if record is not None and record.get("status") == "completed" else None
 
     def record_unfinished(self, status: str, reason: str) -> None:
         """Record an end the job could not record itself (scheduler cancel, kill, timeout)."""

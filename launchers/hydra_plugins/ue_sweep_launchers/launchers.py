@@ -66,11 +66,28 @@ def _skipped(job: PlannedJob, record: dict[str, Any]) -> JobReturn:
     )
 
 
+def _skip_completed(planned: list[PlannedJob]) -> tuple[dict[int, JobReturn], list[PlannedJob]]:
+    """The returns of jobs an earlier run completed, and the jobs left to run."""
+    skipped: dict[int, JobReturn] = {}
+    todo = []
+    for job in planned:
+        record = job.completed_record()
+        if record is None:
+            todo.append(job)
+        else:
+            skipped[job.num] = _skipped(job, record)
+    return skipped, todo
+
+
 def _finish(
-    launcher: Any, planned: list[PlannedJob], returns: dict[int, JobReturn], skipped: set[int]
+    launcher: Any,
+    planned: list[PlannedJob],
+    skipped: dict[int, JobReturn],
+    ran: dict[int, JobReturn],
 ) -> list[JobReturn]:
     outcomes = [JobOutcome.from_record(job, skipped=job.num in skipped) for job in planned]
     log.info("%s", format_summary(launcher.config.hydra.sweep.dir, outcomes))
+    returns = skipped | ran
     return [returns[job.num] for job in planned]
 
 
@@ -109,16 +126,11 @@ class InlineLauncher(BasicLauncher):
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         planned = plan_jobs(self, job_overrides, initial_job_idx, tasks=1)
-        returns: dict[int, JobReturn] = {}
-        skipped: set[int] = set()
-        for job in planned:
-            record = job.completed_record()
-            if record is not None:
-                returns[job.num] = _skipped(job, record)
-                skipped.add(job.num)
-                continue
-            returns[job.num] = super().launch([job.overrides], initial_job_idx=job.num)[0]
-        return _finish(self, planned, returns, skipped)
+        skipped, todo = _skip_completed(planned)
+        ran = {}
+        for job in todo:
+            ran[job.num] = super().launch([job.overrides], initial_job_idx=job.num)[0]
+        return _finish(self, planned, skipped, ran)
 
 
 class _SubmititSweepLauncher(BaseSubmititLauncher):
@@ -160,20 +172,13 @@ class _SubmititSweepLauncher(BaseSubmititLauncher):
         tasks = int(self.params.get("nodes", 1)) * int(self.params.get("tasks_per_node", 1))
         planned = plan_jobs(self, job_overrides, initial_job_idx, tasks)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        returns: dict[int, JobReturn] = {}
-        skipped: set[int] = set()
-        todo = []
-        for job in planned:
-            record = job.completed_record()
-            if record is None:
-                todo.append(job)
-                log.info("\t#%d : %s", job.num, job.label)
-            else:
-                returns[job.num] = _skipped(job, record)
-                skipped.add(job.num)
+        skipped, todo = _skip_completed(planned)
+        for job in todo:
+            log.info("\t#%d : %s", job.num, job.label)
         log.info(
             "submitting %d %s jobs to %s", len(todo), self._EXECUTOR, self.config.hydra.sweep.dir
         )
+        ran = {}
         if todo:
             state = Singleton.get_state()
             jobs = self._executor().map_array(
@@ -185,8 +190,8 @@ class _SubmititSweepLauncher(BaseSubmititLauncher):
                 [state] * len(todo),
             )
             for job, submitted in zip(todo, jobs, strict=True):
-                returns[job.num] = _collect(job, submitted)
-        return _finish(self, planned, returns, skipped)
+                ran[job.num] = _collect(job, submitted)
+        return _finish(self, planned, skipped, ran)
 
 
 class LocalLauncher(_SubmititSweepLauncher):
