@@ -223,3 +223,10 @@ def test_walltime_warning_checkpoints_and_requeues_and_the_job_finishes(lsf):
     (job,) = [json.loads(p.read_text()) for p in (lsf / "lsf-state").glob("job_*.json")]
     assert job["elements"]["0"]["runs"] == record["restarts"] + 1, "requeued by brequeue"
     assert f"resumed {record['restarts']}x" in proc.stdout + proc.stderr
+
+
+def test_the_summit_preset_refuses_to_submit_without_a_project(lsf):
+    proc = run_cli(["-m", "hydra/launcher=summit", *SMOKE, "hydra.sweep.dir=sweep"], cwd=lsf)
+    assert proc.returncode != 0
+    assert "Missing mandatory value: hydra.launcher.project" in proc.stderr
+    assert not list((lsf / "lsf-state").glob("job_*")), "nothing was submitted"

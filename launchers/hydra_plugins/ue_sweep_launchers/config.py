@@ -10,6 +10,7 @@ from hydra_plugins.hydra_submitit_launcher.config import (
     LocalQueueConf,
     SlurmQueueConf,
 )
+from omegaconf import MISSING
 
 _LAUNCHERS = "hydra_plugins.ue_sweep_launchers.launchers"
 
@@ -56,6 +57,23 @@ class LSFConf(BaseQueueConf):
     max_num_timeout: int = 3
 
 
+@dataclass
+class SummitConf(LSFConf):
+    """A Summit-like machine: 6 GPUs per node, whole-node allocations (-nnodes), jsrun resource
+    sets of one task, one GPU and 7 cores, SMT4. Every job is charged to a project, so it must be
+    given: ``hydra.launcher.project=ABC123``. (A structured config, not YAML: merging ``???``
+    over the ``lsf`` default would leave the default in place.)"""
+
+    nodes: int = 8
+    tasks_per_node: int = 6
+    gpus_per_node: int = 6
+    cpus_per_task: int = 7
+    timeout_min: int = 120
+    alloc_flags: str | None = "smt4"
+    queue: str | None = "batch"
+    project: str | None = MISSING
+
+
 def register() -> None:
     """Store the launcher configs; ``basic`` too, replacing Hydra's basic launcher as default.
 
@@ -71,6 +89,7 @@ def register() -> None:
         ("local", LocalConf),
         ("slurm", SlurmConf),
         ("lsf", LSFConf),
+        ("summit", SummitConf),
     ):
         store.store(group="hydra/launcher", name=name, node=node, provider="ue_sweep")
 
