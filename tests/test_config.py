@@ -43,6 +43,37 @@ def test_groups_and_keys_compose(compose_cfg, overrides, check):
     assert check(to_root_config(compose_cfg(*overrides)))
 
 
+def _preset_jobs(name: str) -> list[list[str]]:
+    """The job overrides Hydra's basic sweeper makes of experiment preset ``name``."""
+    from hydra import compose, initialize_config_module
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with initialize_config_module("ue_sweep.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+    params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.params or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(params)
+    (batch,) = BasicSweeper.split_arguments(parsed, None)
+    return [[f"experiment={name}", *job] for job in batch]
+
+
+PRESETS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_job_of_every_preset_passes_the_data_independent_checks(
+    compose_cfg, monkeypatch, preset
+):
+    """What a grid would hit in its jobs: schema, ranges, cross-field rules and the dataset's
+    channel rules; only file presence (data, weights) is left to the machine that has them."""
+    monkeypatch.setattr("ue_sweep.models.weights.check_surrogate_weights", lambda cfg: None)
+    jobs = _preset_jobs(preset)
+    if preset == "hpc_grid":
+        assert len(jobs) == 36
+    for job in jobs:
+        to_root_config(compose_cfg(*job, "dataset.download=true"))
+
+
 def test_reference_experiment_selects_the_paper_setup(compose_cfg):
     # Validating it needs the ResNet-50 weights in the torch cache (see the pretrained tests).
     cfg = compose_cfg("experiment=reference")
@@ -71,11 +102,19 @@ def test_reference_experiment_selects_the_paper_setup(compose_cfg):
         ("surrogate.weights=path", "surrogate.checkpoint=None", "a checkpoint file"),
         ("surrogate.weights=pretrained", "surrogate.weights='pretrained'", "ImageNet weights"),
         ("generator.n_downsampling=4", "generator.n_downsampling=4", "<= dataset.image_size/2"),
+        ("generator.output=sigmoid", "generator.output='sigmoid'", "one of: reference, tanh, ste"),
+        ("generator.noise_order=x", "generator.noise_order='x'", "after_augment, before_augment"),
+        ("victim.controls=[uniform,gauss]", "victim.controls=['uniform', 'gauss']", "distinct"),
+        ("victim.controls=[sign,sign]", "victim.controls=['sign', 'sign']", "uniform, sign"),
+        ("victim.average_last=0", "victim.average_last=0", "an integer >= 1"),
+        ("victim.sync_batchnorm=true", "victim.sync_batchnorm=True", "on the CPU"),
     ],
 )
 def test_bad_values_fail_naming_key_value_and_accepted(compose_cfg, override, key, accepted):
-    if override == "trainer.backend=nccl" and torch.cuda.is_available():
-        pytest.skip("nccl is valid where a GPU is visible")
+    if override in ("trainer.backend=nccl", "victim.sync_batchnorm=true") and (
+        torch.cuda.is_available()
+    ):
+        pytest.skip("valid where a GPU is visible")
     with pytest.raises(ConfigError) as err:
         to_root_config(compose_cfg(override))
     message = str(err.value)
@@ -89,7 +128,7 @@ def test_pretrained_weights_missing_from_cache_say_where_and_how(
 ):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(MissingFileError) as err:
-        to_root_config(compose_cfg("surrogate=resnet18"))
+        to_root_config(compose_cfg("surrogate=resnet18", "dataset.channels=rgb"))
     message = str(err.value)
     assert "resnet18-f37072fd.pth" in message
     assert str(tmp_path / "hub" / "checkpoints") in message

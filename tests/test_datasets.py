@@ -25,10 +25,10 @@ from ue_sweep.config import ModelSpec, RootConfig, to_root_config
 from ue_sweep.data import cli as data_cli
 from ue_sweep.data.cache import CACHE_DIR
 from ue_sweep.data.flowers import FlowerColorImages
-from ue_sweep.data.registry import load_dataset
+from ue_sweep.data.registry import check_dataset, load_dataset
 from ue_sweep.errors import ConfigError, MissingFileError
 from ue_sweep.models.classifiers import build_classifier
-from ue_sweep.pipeline import check_against_data, run_pipeline
+from ue_sweep.pipeline import run_pipeline
 from ue_sweep.progress import Progress
 
 MEDMNIST = {  # config option -> (flag, gray, classes)
@@ -301,8 +301,9 @@ def test_gray_organamnist_serves_one_channel_models_and_rgb_surrogates(setup):
     data = load_dataset(native.dataset, native.paths)
     assert data.channels == 1
     native.surrogate.weights = "pretrained"
+    # Refused in validation, before any file is read.
     with pytest.raises(ConfigError, match=r"has 1; dataset.channels=rgb repeats the gray channel"):
-        check_against_data(native, data)
+        check_dataset(native.dataset, native.paths, native.surrogate)
     gray_model = build_classifier(native.victim, in_channels=1, num_classes=11, image_size=28)
     assert gray_model(data.train_images[:2].float() / 255)[0].shape == (2, 11)
 
@@ -312,7 +313,7 @@ def test_gray_organamnist_serves_one_channel_models_and_rgb_surrogates(setup):
     assert torch.equal(coloured.train_images[:, 0], data.train_images[:, 0])
     assert torch.equal(coloured.train_images[:, 1], coloured.train_images[:, 2])
     rgb.surrogate.weights = "pretrained"
-    check_against_data(rgb, coloured)  # accepted
+    check_dataset(rgb.dataset, rgb.paths, rgb.surrogate)  # accepted
     # an ImageNet-shaped surrogate (3-channel stem); its weights are not needed to check the shapes
     resnet = build_classifier(
         ModelSpec(arch="resnet18"), in_channels=3, num_classes=11, image_size=28

@@ -211,6 +211,8 @@ def test_offline_runs_hold_config_history_summary_and_media_and_a_requeue_reuses
     kl = [h["generators/kl"] for h in uc.history if "generators/kl" in h]
     assert kl == pytest.approx(record["generator"]["loss_history"])
     assert [h["generators/epoch"] for h in uc.history if "generators/kl" in h] == [1, 2]
+    for h in (h for h in uc.history if "generators/kl" in h):
+        assert {"generators/hit", "generators/saturated", "generators/surrogate_acc"} <= set(h)
     assert any("surrogate_fit/loss" in h for h in uc.history)
     (media,) = [h for h in uc.history if "media/samples._type" in h]
     assert media["media/samples._type"] == media["media/noise._type"] == "image-file"
@@ -221,7 +223,7 @@ def test_offline_runs_hold_config_history_summary_and_media_and_a_requeue_reuses
 
     # victim: per-epoch history of each victim, the job's final metrics as the summary.
     accuracy = record["metrics"]["accuracy"]
-    for condition in ("clean", "protected", "random_noise"):
+    for condition in ("clean", "protected", "uniform", "sign", "untrained"):
         rows = [h for h in victim.history if f"victim_{condition}/test_acc" in h]
         assert rows[-1][f"victim_{condition}/test_acc"] == pytest.approx(accuracy[condition])
         assert rows[-1][f"victim_{condition}/steps_per_s"] > 0

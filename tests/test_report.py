@@ -65,7 +65,12 @@ def _record(num: int, dataset: str, batch: int, seed: int, status: str) -> dict:
             "dataset": {"name": dataset},
             "batch": {"per_device": batch, "global": batch},
             "metrics": {
-                "accuracy": {"clean": clean, "protected": protected, "random_noise": control}
+                "accuracy": {
+                    "clean": clean,
+                    "protected": protected,
+                    "uniform": control,
+                    "sign": round(control - 0.1, 6),
+                }
             },
             "wandb": {"group": "synthetic-sweep", "sweep_key": "00000000"},
         }
@@ -104,13 +109,14 @@ def test_report_command_writes_the_table_csv_figures_and_lists_missing_jobs(swee
 
     # Table 1 by hand. digits at 32: seeds 40% and 30% -> 35.0 ± 7.1 (sample std 7.07);
     # at 64: 52%, 58% -> 55.0 ± 4.2. Clean: seed 0 (98 + 97) / 2 = 97.5, seed 1 (96 + 95) / 2
-    # = 95.5 -> 96.5 ± 1.4. Control: seed 0 91, seed 1 87 -> 89.0 ± 2.8. pets has one
-    # completed job (seed 0 at 32), marked n=1; its 64 cell is empty.
+    # = 95.5 -> 96.5 ± 1.4. Controls: uniform seed 0 91, seed 1 87 -> 89.0 ± 2.8; sign is 10
+    # points lower (79.0 ± 2.8), so it is the strongest control. pets has one completed job
+    # (seed 0 at 32), marked n=1; its 64 cell is empty.
     table = (
-        "| dataset | 32 | 64 | clean | random noise |\n"
+        "| dataset | 32 | 64 | clean | strongest control |\n"
         "| --- | ---: | ---: | ---: | ---: |\n"
-        "| digits | 35.0 ± 7.1 | 55.0 ± 4.2 | 96.5 ± 1.4 | 89.0 ± 2.8 |\n"
-        "| pets | 25.0 (n=1) | – | 80.0 (n=1) | 70.0 (n=1) |"
+        "| digits | 35.0 ± 7.1 | 55.0 ± 4.2 | 96.5 ± 1.4 | sign: 79.0 ± 2.8 |\n"
+        "| pets | 25.0 (n=1) | – | 80.0 (n=1) | sign: 60.0 (n=1) |"
     )
     markdown = (out / "report.md").read_text()
     assert table in markdown
@@ -126,7 +132,9 @@ def test_report_command_writes_the_table_csv_figures_and_lists_missing_jobs(swee
         "1.4142",
         "2",
     )
-    assert (digits["random_noise_mean"], digits["random_noise_std"]) == ("89.0000", "2.8284")
+    assert (digits["uniform_mean"], digits["uniform_std"]) == ("89.0000", "2.8284")
+    assert (digits["sign_mean"], digits["sign_std"]) == ("79.0000", "2.8284")
+    assert digits["strongest_control"] == pets["strongest_control"] == "sign"
     assert (pets["protected_32_mean"], pets["protected_32_std"], pets["protected_32_n"]) == (
         "25.0000",
         "",
@@ -181,7 +189,7 @@ def test_rows_split_by_other_swept_settings_and_ignore_bookkeeping():
             dataset="digits",
             seed=seed,
             global_batch=64,
-            accuracy={"clean": 0.9, "protected": protected, "random_noise": 0.8},
+            accuracy={"clean": 0.9, "protected": protected, "uniform": 0.8},
         )
 
     rows = build_rows([job(0, 5, 0.2), job(1, 5, 0.4), job(0, 10, 0.6)])

@@ -34,9 +34,13 @@ def setting(
     lt: float | None = None,
     one_of: Choices | None = None,
 ) -> Any:
-    """A dataclass field whose bounds or choices :func:`validate` enforces."""
+    """A dataclass field whose bounds or choices :func:`validate` enforces (a list field: on each
+    element)."""
     rules = {"ge": ge, "gt": gt, "le": le, "lt": lt, "one_of": one_of}
-    return field(default=default, metadata={k: v for k, v in rules.items() if v is not None})
+    metadata = {k: v for k, v in rules.items() if v is not None}
+    if isinstance(default, list):  # a list default is built afresh for every instance
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _dataset_names() -> Sequence[str]:
@@ -130,8 +134,14 @@ class TrainingConfig:
     momentum: float = setting(0.9, ge=0.0, lt=1.0)
     weight_decay: float = setting(5e-4, ge=0.0)
     min_lr: float = setting(1e-6, ge=0.0)
-    # Epochs between clean-test evaluations; the last epoch is always evaluated.
+    # Epochs between clean-test evaluations; the last `average_last` epochs are always evaluated.
     eval_every: int = setting(1, ge=1)
+    # The headline accuracy is the mean over the last n epochs' test accuracies (one epoch's
+    # number swings by many points on protected data); the final epoch's is recorded too.
+    average_last: int = setting(3, ge=1)
+    # Batch norm with statistics over all ranks (CUDA only). null: on when the per-device batch
+    # is below 32 on more than one GPU, where per-device statistics of a few images are noise.
+    sync_batchnorm: bool | None = None
 
 
 @dataclass
@@ -176,11 +186,27 @@ class GeneratorConfig:
     n_downsampling: int = setting(2, ge=0, le=4)
     # Most protected images per surrogate forward pass; bounds memory, not the batch semantics.
     chunk_size: int = setting(4096, ge=1)
+    # How the generator's tanh output is bounded by eps (models/generators.py): `reference`
+    # clamps tanh as the UC code (saturated pixels pass no gradient), `tanh` is eps * tanh,
+    # `ste` clamps with a straight-through gradient.
+    output: str = setting("reference", one_of=("reference", "tanh", "ste"))
+    # `after_augment`: noise added to augmented images (the UC code); `before_augment`: to the
+    # images before the augmentation, as a victim meets the published protected images.
+    noise_order: str = setting("after_augment", one_of=("after_augment", "before_augment"))
+    # Training images (a fixed, seeded subset) on which every epoch measures the target hit rate
+    # of the protected images as published; 0 measures none.
+    monitor_images: int = setting(4096, ge=0)
+
+
+CONTROLS = ("uniform", "sign", "untrained")
 
 
 @dataclass
 class VictimConfig(ModelSpec, TrainingConfig):
-    pass
+    # Victims on control noise with UC's cluster structure (uc/controls.py): `uniform` in
+    # [-eps, eps]; `sign` (random +-1 per pixel) and `untrained` (the generator bank before
+    # training) scaled to the UC noise's energy per cluster.
+    controls: list[str] = setting(list(CONTROLS), one_of=CONTROLS)  # noqa: RUF009 (a factory)
 
 
 @dataclass
@@ -264,6 +290,11 @@ def _check_field(key: str, value: Any, rules: dict[str, Any]) -> None:
     if "one_of" in rules:
         choices = rules["one_of"]
         choices = tuple(choices() if callable(choices) else choices)
+        if isinstance(value, list):
+            if len(set(value)) != len(value) or not set(value) <= set(choices):
+                accepted = ", ".join(str(c) for c in choices)
+                raise ConfigError(key, value, f"a list of distinct values of: {accepted}")
+            return
         if value not in choices:
             raise ConfigError(key, value, "one of: " + ", ".join(str(c) for c in choices))
     bounds = []
@@ -308,15 +339,17 @@ def _check_cross_fields(cfg: RootConfig) -> None:
         raise ConfigError(
             "surrogate.checkpoint", None, "a checkpoint file when surrogate.weights=path"
         )
-    _check_accelerator(cfg.trainer)
+    _check_accelerator(cfg.trainer, (("victim", cfg.victim), ("surrogate.fit", cfg.surrogate.fit)))
     from ue_sweep.data.registry import check_dataset
     from ue_sweep.models.weights import check_surrogate_weights
 
-    check_dataset(cfg.dataset, cfg.paths)
+    check_dataset(cfg.dataset, cfg.paths, cfg.surrogate)
     check_surrogate_weights(cfg.surrogate)
 
 
-def _check_accelerator(trainer: TrainerConfig) -> None:
+def _check_accelerator(
+    trainer: TrainerConfig, recipes: Sequence[tuple[str, TrainingConfig]]
+) -> None:
     import torch
 
     has_cuda = torch.cuda.is_available()
@@ -325,6 +358,11 @@ def _check_accelerator(trainer: TrainerConfig) -> None:
     uses_cuda = trainer.accelerator == "cuda" or (trainer.accelerator == "auto" and has_cuda)
     if trainer.backend == "nccl" and not uses_cuda:
         raise ConfigError("trainer.backend", "nccl", "auto or gloo when training on the CPU")
+    for key, recipe in recipes:
+        if recipe.sync_batchnorm and not uses_cuda:
+            raise ConfigError(
+                f"{key}.sync_batchnorm", True, "null or false when training on the CPU"
+            )
 
 
 def validate(cfg: RootConfig) -> RootConfig:

@@ -185,10 +185,14 @@ class Runtime:
     def barrier(self) -> None:
         dist.barrier()
 
-    def sync_buffers(self, module: nn.Module, src: int = 0) -> None:
-        """Overwrite every buffer (e.g. BN running statistics) with rank ``src``'s, in place."""
+    def average_buffers(self, module: nn.Module) -> None:
+        """Replace every floating-point buffer (BN running statistics) by its mean over ranks."""
+        if self.world_size == 1:
+            return
         for buffer in module.buffers():
-            dist.broadcast(buffer.data, src=src)
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer.data, op=dist.ReduceOp.SUM)
+                buffer.data.div_(self.world_size)
 
     def wrap(self, module: nn.Module) -> DistributedDataParallel:
         device_ids = [self.device.index] if self.device.type == "cuda" else None

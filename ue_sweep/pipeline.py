@@ -1,8 +1,9 @@
 """The stages of one Unlearnable Clusters job, as run by every rank.
 
 data -> surrogate -> features -> k-means -> fused generator training -> protected set and
-random-noise control -> victims trained from scratch on clean, protected and control data ->
-clean-test accuracy of each. Rank 0 writes the artifacts; the caller writes the result file.
+control sets (uc/controls.py) -> victims trained from scratch on clean, protected and control
+data -> clean-test accuracy of each. Rank 0 writes the artifacts; the caller writes the result
+file.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from ue_sweep.seeding import derive_seed
 from ue_sweep.tracking import atomic_torch_save
 from ue_sweep.train.classifier import train_classifier
 from ue_sweep.uc.clustering import Clusters, cluster_features
+from ue_sweep.uc.controls import control_noises, rms
 from ue_sweep.uc.features import extract_features
-from ue_sweep.uc.noise import apply_cluster_noise, random_cluster_noise
+from ue_sweep.uc.noise import apply_cluster_noise
 from ue_sweep.uc.surrogate import build_surrogate
 from ue_sweep.uc.train_generators import GeneratorStats, train_generators
 
@@ -40,7 +42,6 @@ NOISE_FILE = "noise.pt"
 PROTECTED_FILE = "protected_train.pt"
 SURROGATE_FILE = "surrogate.pt"
 FEATURE_BATCH = 512
-CONDITIONS = ("clean", "protected", "random_noise")
 
 
 class StageTimer:
@@ -62,13 +63,6 @@ def check_against_data(cfg: RootConfig, data: ImageSplits) -> None:
     if cfg.clusters.k > n:
         raise ConfigError(
             "clusters.k", cfg.clusters.k, f"at most the {n} training images of {data.name}"
-        )
-    if cfg.surrogate.weights == "pretrained" and data.channels != 3:
-        raise ConfigError(
-            "surrogate.weights",
-            "pretrained",
-            f"a 3-channel dataset for ImageNet weights ({data.name} has {data.channels}; "
-            "dataset.channels=rgb repeats the gray channel)",
         )
 
 
@@ -134,6 +128,23 @@ def _clusters(
     return clusters
 
 
+def _new_bank(cfg: RootConfig, k: int, data: ImageSplits, rt: Runtime) -> GeneratorBank:
+    """The generator bank as UC's training starts from it: the same weights on every call."""
+    torch.manual_seed(derive_seed(cfg.seed, "generator-init"))
+    g = cfg.generator
+    return GeneratorBank(
+        k,
+        data.channels,
+        data.image_size,
+        g.eps,
+        ngf=g.ngf,
+        n_blocks=g.n_blocks,
+        n_downsampling=g.n_downsampling,
+        output=g.output,
+        seed=cfg.seed,
+    ).to(rt.device)
+
+
 def _generators(
     cfg: RootConfig,
     surrogate: FeatureClassifier,
@@ -144,18 +155,7 @@ def _generators(
     placement: Placement,
     checkpoints: JobCheckpoints,
 ) -> tuple[GeneratorBank, GeneratorStats]:
-    torch.manual_seed(derive_seed(cfg.seed, "generator-init"))
-    g = cfg.generator
-    bank = GeneratorBank(
-        clusters.k,
-        data.channels,
-        data.image_size,
-        g.eps,
-        ngf=g.ngf,
-        n_blocks=g.n_blocks,
-        n_downsampling=g.n_downsampling,
-        seed=cfg.seed,
-    ).to(rt.device)
+    bank = _new_bank(cfg, clusters.k, data, rt)
     done = checkpoints.done("generators")
     if done is not None:
         bank.load_state_dict(done["bank"])
@@ -164,8 +164,9 @@ def _generators(
         bank,
         surrogate,
         data.train_images,
+        data.train_labels,
         clusters,
-        g,
+        cfg.generator,
         cfg.batch_size,
         cfg.dataset.augment,
         rt,
@@ -218,6 +219,54 @@ def _victim(
     ).as_dict()
     checkpoints.mark_done(stage, {"result": outcome})
     return outcome
+
+
+def _energy(
+    train_sets: dict[str, torch.Tensor],
+    noise: torch.Tensor,
+    controls: dict[str, torch.Tensor],
+    eps: float,
+) -> dict[str, dict[str, float]]:
+    """Mean per-cluster RMS of each condition's noise, and the RMS of the change it makes to the
+    published uint8 images (after clamping to [0, 1] and rounding): equal-strength controls
+    show equal numbers here."""
+    clean = train_sets["clean"]
+    out = {}
+    for name, n in {"protected": noise, **controls}.items():
+        published = 0.0
+        for start in range(0, len(clean), FEATURE_BATCH):
+            sl = slice(start, start + FEATURE_BATCH)
+            diff = train_sets[name][sl].float() - clean[sl].float()
+            published += float(diff.pow_(2).sum(dtype=torch.float64)) / 255**2
+        out[name] = {
+            "noise_rms": float(rms(n).mean()),
+            "published_rms": (published / clean.numel()) ** 0.5,
+            "noise_rms_over_eps": float(rms(n).mean()) / eps,
+        }
+    return out
+
+
+def victim_metrics(
+    victims: dict[str, dict[str, Any]],
+    controls: list[str],
+    energy: dict[str, dict[str, float]],
+) -> dict[str, Any]:
+    """The job's headline numbers: each condition's accuracy averaged over the victims' last
+    epochs, and how far protected data falls below clean data and below the strongest control
+    (the control whose victim scores lowest)."""
+    accuracy = {c: v["mean_last"]["accuracy"] for c, v in victims.items()}
+    strongest = min(controls, key=accuracy.__getitem__) if controls else None
+    return {
+        "accuracy": accuracy,
+        "final_accuracy": {c: v["accuracy"] for c, v in victims.items()},
+        "balanced_accuracy": {c: v["mean_last"]["balanced_accuracy"] for c, v in victims.items()},
+        "averaged_epochs": next(iter(victims.values()))["mean_last"]["epochs"],
+        "accuracy_drop": accuracy["clean"] - accuracy["protected"],
+        "strongest_control": strongest,
+        "control_gap": None if strongest is None else accuracy[strongest] - accuracy["protected"],
+        "energy": energy,
+        "victims": victims,
+    }
 
 
 def run_pipeline(
@@ -279,18 +328,28 @@ def run_pipeline(
     g = cfg.generator
     with timer("noise"), torch.no_grad():
         noise = bank().float()
-        control_noise = random_cluster_noise(noise, g.eps, cfg.seed)
-        train_sets = {
-            "clean": data.train_images,
-            "protected": apply_cluster_noise(data.train_images, clusters.ids, noise),
-            "random_noise": apply_cluster_noise(data.train_images, clusters.ids, control_noise),
+        controls = control_noises(
+            cfg.victim.controls,
+            noise,
+            g.eps,
+            cfg.seed,
+            untrained=lambda: _new_bank(cfg, clusters.k, data, rt)().float(),
+        )
+        train_sets = {"clean": data.train_images} | {
+            name: apply_cluster_noise(data.train_images, clusters.ids, n)
+            for name, n in {"protected": noise, **controls}.items()
         }
+        energy = _energy(train_sets, noise, controls, g.eps)
+    progress.info(
+        "noise RMS / eps as published: %s",
+        ", ".join(f"{c} {e['published_rms'] / g.eps:.3f}" for c, e in energy.items()),
+    )
     if rt.is_main:
         atomic_torch_save(
             job_dir / NOISE_FILE,
             {
                 "noise": noise.cpu(),
-                "random_noise": control_noise.cpu(),
+                "controls": {name: n.cpu() for name, n in controls.items()},
                 "cluster_ids": clusters.ids.cpu(),
                 "centers": clusters.centers.cpu(),
                 "targets": clusters.targets.cpu(),
@@ -359,23 +418,15 @@ def run_pipeline(
 
     with timer("victims"):
         victims = {
-            condition: _victim(
-                cfg, condition, train_sets[condition], data, rt, progress, placement, checkpoints
-            )
-            for condition in CONDITIONS
+            condition: _victim(cfg, condition, images, data, rt, progress, placement, checkpoints)
+            for condition, images in train_sets.items()
         }
     timer.seconds["total"] = time.perf_counter() - started
 
-    accuracy = {c: victims[c]["accuracy"] for c in CONDITIONS}
     outcome = {
         **uc_outcome,
         "timings_s": timer.seconds,
-        "metrics": {
-            "accuracy": accuracy,
-            "accuracy_drop": accuracy["clean"] - accuracy["protected"],
-            "control_gap": accuracy["random_noise"] - accuracy["protected"],
-            "victims": victims,
-        },
+        "metrics": victim_metrics(victims, list(controls), energy),
         "artifacts": {
             "noise": NOISE_FILE,
             "protected_train": PROTECTED_FILE if cfg.save_protected else None,

@@ -10,10 +10,12 @@ Written to ``SWEEP_DIR/report/`` (or ``--out``):
 The table: a row per dataset (and per value of any other setting the sweep varies, e.g.
 ``clusters=5``), a column per global batch size. A cell is the protected (UC) victim's clean-test
 accuracy, mean ± sample standard deviation (n - 1) over the cell's completed jobs, i.e. over
-seeds. The clean-data and random-noise-control victims do not depend on the generator's batch
-size (the victim recipe has a fixed global batch; the control noise depends on the seed only),
-yet every job retrains them; their columns therefore first average each seed's jobs of the row
-over batch sizes, then give mean ± std over seeds. Accuracies are percentages.
+seeds. Accuracies are a job's headline numbers: each victim's test accuracy averaged over its
+last epochs (``victim.average_last``). The clean-data victim does not depend on the generator's
+batch size (the victim recipe has a fixed global batch), yet every job retrains it; its column
+therefore first averages each seed's jobs of the row over batch sizes, then gives mean ± std
+over seeds. The control victims (uniform, sign, untrained-generator noise) are treated the same
+way, and the table shows the row's *strongest* control: the one with the lowest mean accuracy.
 
 A partial sweep gives a partial table; the jobs behind the gaps are listed as ``failed``,
 ``missing`` (status ``running`` and never completed: still running, or killed) and
@@ -43,7 +45,8 @@ log = logging.getLogger(__name__)
 REPORT_DIR = "report"
 BOXPLOT_PNG = "protected_by_batch.png"
 CURVES_PNG = "accuracy_vs_batch.png"
-CONDITIONS = ("clean", "protected", "random_noise")
+# Conditions of every job; the others in a job's accuracy map are its controls.
+BASE_CONDITIONS = ("clean", "protected")
 # Overrides that are table axes (row dataset, column batch, seeds) or change no result: they
 # do not split rows.
 _AXES = ("seed", "dataset", "dataset.name", "batch_size", "batch_size.per_device")
@@ -136,11 +139,18 @@ class Row:
     setting: str  # the sweep's other varying overrides, "" when there are none
     protected: dict[int, Stat]
     clean: Stat
-    random_noise: Stat
+    controls: dict[str, Stat]  # every control all the row's jobs trained
 
     @property
     def label(self) -> str:
         return f"{self.dataset} ({self.setting})" if self.setting else self.dataset
+
+    @property
+    def strongest(self) -> tuple[str, Stat] | None:
+        """The control whose victims score lowest on average: the honest comparison for UC."""
+        if not self.controls:
+            return None
+        return min(self.controls.items(), key=lambda item: item[1].mean)
 
 
 @dataclass
@@ -154,6 +164,15 @@ class Report:
 
     def by_status(self, status: str) -> list[Job]:
         return [j for j in self.jobs if j.status == status]
+
+    @property
+    def controls(self) -> list[str]:
+        """Controls of any row, in the order the jobs list them."""
+        return list(dict.fromkeys(c for r in self.rows for c in r.controls))
+
+    @property
+    def conditions(self) -> list[str]:
+        return [*BASE_CONDITIONS, *self.controls]
 
     @property
     def full_n(self) -> int:
@@ -185,13 +204,18 @@ def build_rows(completed: Sequence[Job]) -> list[Row]:
         cells: dict[int, list[float]] = defaultdict(list)
         for job in jobs:
             cells[int(job.global_batch or 0)].append(job.accuracy["protected"])
+        controls = [
+            c
+            for c in jobs[0].accuracy
+            if c not in BASE_CONDITIONS and all(c in j.accuracy for j in jobs)
+        ]
         rows.append(
             Row(
                 dataset=dataset,
                 setting=label,
                 protected={b: Stat(tuple(v)) for b, v in sorted(cells.items())},
                 clean=_seed_means(jobs, "clean"),
-                random_noise=_seed_means(jobs, "random_noise"),
+                controls={c: _seed_means(jobs, c) for c in controls},
             )
         )
     return rows
@@ -238,7 +262,7 @@ def collect(sweep_dir: Path, skip: Path | None = None) -> Report:
 
 def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """The Markdown table's header and cells."""
-    header = ["dataset", *(str(b) for b in report.batches), "clean", "random noise"]
+    header = ["dataset", *(str(b) for b in report.batches), "clean", "strongest control"]
     cells = [
         [
             row.label,
@@ -247,11 +271,16 @@ def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
                 for b in report.batches
             ),
             row.clean.text(report.full_n),
-            row.random_noise.text(report.full_n),
+            _strongest_text(row, report.full_n),
         ]
         for row in report.rows
     ]
     return header, cells
+
+
+def _strongest_text(row: Row, full_n: int) -> str:
+    strongest = row.strongest
+    return "–" if strongest is None else f"{strongest[0]}: {strongest[1].text(full_n)}"
 
 
 def markdown_table(report: Report) -> str:
@@ -272,8 +301,9 @@ def write_table_csv(report: Report, path: Path) -> None:
     header = ["dataset", "setting"]
     for b in report.batches:
         header += [f"protected_{b}_mean", f"protected_{b}_std", f"protected_{b}_n"]
-    for c in ("clean", "random_noise"):
+    for c in ("clean", *report.controls):
         header += [f"{c}_mean", f"{c}_std", f"{c}_n"]
+    header.append("strongest_control")
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -282,9 +312,10 @@ def write_table_csv(report: Report, path: Path) -> None:
             for b in report.batches:
                 s = row.protected.get(b)
                 line += [_pct(s.mean), _pct(s.std), s.n] if s else ["", "", 0]
-            for s in (row.clean, row.random_noise):
-                line += [_pct(s.mean), _pct(s.std), s.n]
-            writer.writerow(line)
+            for s in (row.clean, *(row.controls.get(c) for c in report.controls)):
+                line += [_pct(s.mean), _pct(s.std), s.n] if s else ["", "", 0]
+            strongest = row.strongest
+            writer.writerow([*line, strongest[0] if strongest else ""])
 
 
 def write_jobs_csv(report: Report, path: Path) -> None:
@@ -297,7 +328,7 @@ def write_jobs_csv(report: Report, path: Path) -> None:
         "per_device_batch",
         "world_size",
         "global_batch",
-        *(f"{c}_accuracy" for c in CONDITIONS),
+        *(f"{c}_accuracy" for c in report.conditions),
         "error",
     ]
     with path.open("w", newline="") as f:
@@ -314,7 +345,7 @@ def write_jobs_csv(report: Report, path: Path) -> None:
                     j.per_device or "",
                     j.world_size or "",
                     j.global_batch or "",
-                    *(_pct(j.accuracy.get(c)) for c in CONDITIONS),
+                    *(_pct(j.accuracy.get(c)) for c in report.conditions),
                     j.error or "",
                 ]
             )
@@ -344,8 +375,10 @@ def _caption(report: Report) -> str:
     return (
         "Protected (UC) clean-test accuracy (%) of victims trained from scratch, by global batch "
         f"size (per-device batch x world size {', '.join(map(str, worlds))}); mean ± std over "
-        f"{n} seed{'s' if n != 1 else ''} unless marked (n=...). Clean and random-noise control: "
-        "each seed's jobs averaged over batch sizes, then mean ± std over seeds."
+        f"{n} seed{'s' if n != 1 else ''} unless marked (n=...); each victim's accuracy is the "
+        "mean of its last epochs. Clean and the strongest control (the control noise whose "
+        "victims score lowest): each seed's jobs averaged over batch sizes, then mean ± std "
+        "over seeds."
     )
 
 
@@ -390,9 +423,9 @@ def plot_boxes(report: Report, path: Path) -> None:
         for b, vals in zip(batches, values, strict=True):
             ax.plot([positions[b]] * len(vals), vals, "o", ms=3.5, alpha=0.6, color="tab:blue")
         ax.axhline(100 * row.clean.mean, ls="--", color="tab:green", lw=1, label="clean data")
-        ax.axhline(
-            100 * row.random_noise.mean, ls=":", color="tab:gray", lw=1.2, label="random noise"
-        )
+        if (strongest := row.strongest) is not None:
+            name, stat = strongest
+            ax.axhline(100 * stat.mean, ls=":", color="tab:gray", lw=1.2, label=f"{name} control")
         ax.set_xticks(range(len(report.batches)), [str(b) for b in report.batches])
         ax.set_title(row.label, fontsize="medium")
         ax.set_xlabel("global batch size")

@@ -41,6 +41,10 @@ def _medmnist() -> Any:
     return medmnist
 
 
+def flag_channels(flag: str) -> int:
+    return int(_medmnist().INFO[flag]["n_channels"])
+
+
 @cache
 def flags() -> tuple[str, ...]:
     """The 2D flags with a single-label task, from the installed medmnist's ``INFO``."""

@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
-from ue_sweep.config import DatasetConfig, PathsConfig
+from ue_sweep.config import DatasetConfig, PathsConfig, SurrogateConfig
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.errors import ConfigError
 
@@ -22,16 +22,30 @@ class Entry:
     module: str
     # Whether the dataset has an official val split (`dataset.eval_split=val`).
     has_val: bool
+    # Channels of the released images; None: per MedMNIST flag.
+    channels: int | None
 
 
 _DATASETS: dict[str, Entry] = {
-    "digits": Entry("ue_sweep.data.digits", has_val=False),
-    "cifar10": Entry("ue_sweep.data.cifar10", has_val=False),
-    "pets": Entry("ue_sweep.data.pets", has_val=False),
-    "flowers102": Entry("ue_sweep.data.flowers102", has_val=True),
-    "flowers": Entry("ue_sweep.data.flowers", has_val=False),
-    "medmnist": Entry("ue_sweep.data.medmnist2d", has_val=True),
+    "digits": Entry("ue_sweep.data.digits", has_val=False, channels=1),
+    "cifar10": Entry("ue_sweep.data.cifar10", has_val=False, channels=3),
+    "pets": Entry("ue_sweep.data.pets", has_val=False, channels=3),
+    "flowers102": Entry("ue_sweep.data.flowers102", has_val=True, channels=3),
+    "flowers": Entry("ue_sweep.data.flowers", has_val=False, channels=3),
+    "medmnist": Entry("ue_sweep.data.medmnist2d", has_val=True, channels=None),
 }
+
+
+def dataset_channels(cfg: DatasetConfig) -> int:
+    """Channels the job's models see (after ``dataset.channels``), known without any file."""
+    if cfg.channels == "rgb":
+        return 3
+    native = _DATASETS[cfg.name].channels
+    if native is None:
+        from ue_sweep.data.medmnist2d import flag_channels
+
+        return flag_channels(str(cfg.flag))
+    return native
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -42,7 +56,7 @@ def _module(cfg: DatasetConfig) -> ModuleType:
     return importlib.import_module(_DATASETS[cfg.name].module)
 
 
-def check_dataset(cfg: DatasetConfig, paths: PathsConfig) -> None:
+def check_dataset(cfg: DatasetConfig, paths: PathsConfig, surrogate: SurrogateConfig) -> None:
     """Fail before any compute on rules between dataset fields, or files that are missing.
 
     Single values are checked by their declared choices; files only when they are not about to
@@ -66,6 +80,13 @@ def check_dataset(cfg: DatasetConfig, paths: PathsConfig) -> None:
                     f"unset for {cfg.name}: only MedMNIST has flags and released sizes "
                     "(dataset.image_size sets the training resolution)",
                 )
+    if surrogate.weights == "pretrained" and dataset_channels(cfg) != 3:
+        raise ConfigError(
+            "surrogate.weights",
+            "pretrained",
+            f"a 3-channel dataset for ImageNet weights ({cfg.flag or cfg.name} has "
+            f"{dataset_channels(cfg)}; dataset.channels=rgb repeats the gray channel)",
+        )
     if cfg.eval_split == "val" and not _DATASETS[cfg.name].has_val:
         raise ConfigError(
             "dataset.eval_split", "val", f"test: {cfg.name} has no official val split"

@@ -4,6 +4,15 @@ Each generator is the ResNet generator of the UC reference (7x7 stem, strided do
 residual blocks, transposed-conv upsampling, tanh), fed a fixed uniform-noise image. The k copies
 are built as grouped convolutions (``groups=k``) with per-channel batch norm, which makes them
 exactly k independent networks that one forward pass and one optimizer step advance together.
+
+How the tanh output becomes a perturbation bounded by eps (``output``):
+
+- ``reference``: ``clamp(tanh(x), -eps, eps)``, as the UC code. With eps far below 1 almost every
+  pixel is clamped after a few steps, and a clamped pixel passes no gradient: the noise freezes
+  into a binary pattern.
+- ``tanh``: ``eps * tanh(x)``, smooth and bounded, every pixel keeps a gradient.
+- ``ste``: the reference's clamp in the forward pass, a straight-through (identity) gradient in
+  the backward pass, so clamped pixels can still move back inside the ball.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ import torch
 from torch import nn
 
 from ue_sweep.seeding import generator
+
+OUTPUTS = ("reference", "tanh", "ste")
 
 
 def _norm(channels: int) -> nn.Module:
@@ -51,10 +62,14 @@ class GeneratorBank(nn.Module):
         ngf: int = 64,
         n_blocks: int = 6,
         n_downsampling: int = 2,
+        output: str = "reference",
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
         self.k, self.channels, self.image_size, self.eps = k, channels, image_size, eps
+        self.output = output
         step = 2**n_downsampling
         size = math.ceil(image_size / step) * step
         z = torch.rand(1, k * channels, size, size, generator=generator(seed, "generator-input"))
@@ -94,11 +109,19 @@ class GeneratorBank(nn.Module):
         layers += [
             nn.ReflectionPad2d(3),
             nn.Conv2d(width, k * channels, 7, groups=k),
-            nn.Tanh(),
         ]
         self.net = nn.Sequential(*layers)
 
     def forward(self) -> torch.Tensor:
         out = self.net(self.z).view(self.k, self.channels, *self.z.shape[-2:])
-        out = out[..., : self.image_size, : self.image_size]
-        return out.clamp(-self.eps, self.eps)
+        return self.bound(out[..., : self.image_size, : self.image_size])
+
+    def bound(self, raw: torch.Tensor) -> torch.Tensor:
+        """The network's raw output -> a perturbation in [-eps, eps], per ``self.output``."""
+        out = raw.tanh()
+        if self.output == "tanh":
+            return self.eps * out
+        clamped = out.clamp(-self.eps, self.eps)
+        if self.output == "ste":
+            return out + (clamped - out).detach()
+        return clamped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -19,6 +20,8 @@ from ue_sweep.progress import Progress
 from ue_sweep.train.evaluate import EvalResult, evaluate
 
 EVAL_BATCH = 512
+# Per-device batches below this get batch norm over all ranks by default (`sync_batchnorm: null`).
+SYNC_BN_BELOW = 32
 
 
 @dataclass
@@ -27,6 +30,7 @@ class EpochRecord:
     train_loss: float
     train_accuracy: float
     test_accuracy: float | None
+    test_balanced_accuracy: float | None
     lr: float
     seconds: float
 
@@ -38,17 +42,37 @@ class TrainResult:
     global_batch: int
     steps_per_epoch: int
     seconds: float
+    sync_batchnorm: bool
+    average_last: int
     history: list[EpochRecord] = field(default_factory=list)
+
+    def mean_last(self) -> dict[str, object]:
+        """Test accuracy averaged over the last ``average_last`` epochs (all evaluated)."""
+        last = [r for r in self.history if r.test_accuracy is not None][-self.average_last :]
+        return {
+            "epochs": len(last),
+            "accuracy": statistics.fmean(r.test_accuracy for r in last),
+            "balanced_accuracy": statistics.fmean(r.test_balanced_accuracy for r in last),
+        }
 
     def as_dict(self) -> dict[str, object]:
         return {
             **self.test.as_dict(),
+            "mean_last": self.mean_last(),
             "per_device_batch": self.per_device_batch,
             "global_batch": self.global_batch,
             "steps_per_epoch": self.steps_per_epoch,
+            "sync_batchnorm": self.sync_batchnorm,
             "seconds": self.seconds,
             "history": [asdict(r) for r in self.history],
         }
+
+
+def uses_sync_batchnorm(cfg: TrainingConfig, per_device: int, rt: Runtime) -> bool:
+    """``cfg.sync_batchnorm``, or (null) on for per-device batches below 32 on several GPUs."""
+    if cfg.sync_batchnorm is not None:
+        return cfg.sync_batchnorm
+    return rt.device.type == "cuda" and rt.world_size > 1 and per_device < SYNC_BN_BELOW
 
 
 def train_classifier(
@@ -83,6 +107,9 @@ def train_classifier(
         placement=placement,
         drop_last=True,
     )
+    sync_bn = uses_sync_batchnorm(cfg, per_device, rt)
+    if sync_bn:  # replaces the BatchNorm children in place: the caller's model is converted
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp = rt.wrap(model)
     optimizer = torch.optim.SGD(
         ddp.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -127,14 +154,20 @@ def train_classifier(
                 bar.advance()
             loss_sum, correct, seen = rt.all_reduce_sum(sums).tolist()
             sums.zero_()
-            evaluated = epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0
+            evaluated = epoch >= cfg.epochs - cfg.average_last or (epoch + 1) % cfg.eval_every == 0
             if evaluated:
+                # DDP broadcast rank 0's BN statistics before the last step, which then moved
+                # each rank's own: evaluate every rank with their average.
+                rt.average_buffers(model)
                 test = evaluate(model, test_images, test_labels, num_classes, EVAL_BATCH, rt)
             record = EpochRecord(
                 epoch=epoch,
                 train_loss=loss_sum / max(seen, 1),
                 train_accuracy=correct / max(seen, 1),
                 test_accuracy=test.accuracy if evaluated and test is not None else None,
+                test_balanced_accuracy=(
+                    test.balanced_accuracy if evaluated and test is not None else None
+                ),
                 lr=lr,
                 seconds=time.perf_counter() - epoch_start,
             )
@@ -154,5 +187,7 @@ def train_classifier(
         global_batch=per_device * rt.world_size,
         steps_per_epoch=len(stream),
         seconds=loop.seconds,
+        sync_batchnorm=sync_bn,
+        average_last=cfg.average_last,
         history=history,
     )

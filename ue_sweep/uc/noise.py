@@ -1,10 +1,8 @@
-"""Applying cluster-wise noise: the protected training set and the random-noise control."""
+"""Applying cluster-wise noise: the protected training set, as a data owner publishes it."""
 
 from __future__ import annotations
 
 import torch
-
-from ue_sweep.seeding import generator
 
 
 def apply_cluster_noise(
@@ -22,10 +20,3 @@ def apply_cluster_noise(
         x = images[sl].to(noise.device).float().div(255) + noise[cluster_ids[sl]]
         out[sl] = x.clamp_(0, 1).mul_(255).round_().to(out.device, torch.uint8)
     return out
-
-
-def random_cluster_noise(like: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
-    """Uniform noise in [-eps, eps], one fixed pattern per cluster: the control for UC."""
-    g = generator(seed, "random-noise-control")
-    noise = torch.rand(like.shape, generator=g, dtype=torch.float32).mul_(2 * eps).sub_(eps)
-    return noise.to(like.device)

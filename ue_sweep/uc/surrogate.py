@@ -103,8 +103,6 @@ def _fit(
         placement=placement,
         checkpoint=checkpoints.stage("surrogate"),
     )
-    # DDP keeps parameters in sync but each rank updates its own BN statistics last.
-    rt.sync_buffers(model)
     fit = {
         "epochs": cfg.surrogate.fit.epochs,
         "test_accuracy": result.test.accuracy,

@@ -3,24 +3,33 @@
 For every batch the bank produces all k perturbations at once. With scope ``all`` (the reference
 code) every generator perturbs every image of the batch; with scope ``cluster`` each image gets
 its own cluster's generator. The surrogate's features of the clamped protected images are pulled
-toward the softmax of the target cluster's center with a KL loss (batch mean per generator; the
-generators' losses are summed, so each receives exactly its own gradient).
+toward the softmax of the target cluster's center with a KL loss. Each generator's loss is the
+mean KL over the images it perturbed in the *global* batch (so 1 rank with batch 2B and 2 ranks
+with batch B take the same step), and the generators' losses are summed, so each receives exactly
+its own gradient. The logged loss is the same quantity for both scopes: the mean over generators
+of each generator's mean KL over the epoch.
 
 The surrogate runs in chunks of at most ``generator.chunk_size`` images against a detached copy
 of the perturbations; their gradient is then pushed through the bank in a single backward, so
 DistributedDataParallel sees exactly one forward and one backward per step however large k x B is.
+
+With ``noise_order: before_augment`` the noise is added to the un-augmented images and the sum is
+augmented (crop and flip move the noise with the image), as a victim sees the published set.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ue_sweep.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
 from ue_sweep.config import AugmentConfig, BatchSizeConfig, GeneratorConfig
-from ue_sweep.data.batches import batch_source
+from ue_sweep.data.batches import Augmenter, batch_source
 from ue_sweep.data.placement import ON_DEVICE, Placement
 from ue_sweep.distributed import Runtime
 from ue_sweep.models.classifiers import FeatureClassifier
@@ -28,6 +37,7 @@ from ue_sweep.models.generators import GeneratorBank
 from ue_sweep.preemption import preemptible
 from ue_sweep.progress import Progress
 from ue_sweep.uc.clustering import Clusters
+from ue_sweep.uc.monitor import NoiseMonitor
 
 
 @dataclass
@@ -43,6 +53,9 @@ class GeneratorStats:
     # Protected images pushed through the surrogate per second (k per sample with scope `all`).
     images_per_s: float
     loss_history: list[float] = field(default_factory=list)
+    # Per epoch: loss and the noise diagnostics of uc/monitor.py; `initial`: the untrained bank.
+    history: list[dict[str, Any]] = field(default_factory=list)
+    initial: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -57,35 +70,54 @@ def uc_loss_grad(
     scope: str,
     chunk_size: int,
     rt: Runtime,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """UC loss of one batch and its gradient with respect to the ``[k, C, H, W]`` noise."""
+    *,
+    indices: torch.Tensor | None = None,
+    augment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch's UC loss and its gradient with respect to the ``[k, C, H, W]`` noise.
+
+    Returns the per-generator sums of KL over this rank's items ``[k]``, the items per generator
+    ``[k]`` and the gradient of the objective ``world_size * sum_g KL_g / global_count_g`` (DDP
+    averages over ranks, which makes it each generator's mean KL over the global batch).
+    ``augment(images, indices)`` is applied to the protected images when given.
+    """
     noise = noise.detach().requires_grad_(True)
     b, k = images.shape[0], noise.shape[0]
     if scope == "all":  # every generator perturbs every image
         gen_of_item = torch.arange(k, device=rt.device).repeat_interleave(b)
         img_of_item = torch.arange(b, device=rt.device).repeat(k)
+        counts = torch.full((k,), b, dtype=torch.float64, device=rt.device)
+        # Every rank's batch has b images (DistributedSampler pads to equal shares).
+        global_counts = counts * rt.world_size
     else:  # each image gets its own cluster's generator
         gen_of_item = cluster_ids
         img_of_item = torch.arange(b, device=rt.device)
-    total = torch.zeros((), device=rt.device)
+        counts = torch.bincount(gen_of_item, minlength=k).double()
+        global_counts = rt.all_reduce_sum(counts)
+    weight = rt.world_size / global_counts.clamp(min=1)
+    kl_sums = torch.zeros(k, dtype=torch.float64, device=rt.device)
     for start in range(0, len(gen_of_item), chunk_size):
         gens = gen_of_item[start : start + chunk_size]
-        protected = (images[img_of_item[start : start + chunk_size]] + noise[gens]).clamp(0, 1)
+        imgs = img_of_item[start : start + chunk_size]
+        protected = (images[imgs] + noise[gens]).clamp(0, 1)
+        if augment is not None:
+            assert indices is not None
+            protected = augment(protected, indices[imgs])
         with rt.autocast():
             _, features = surrogate(protected)
         log_q = features.float().log_softmax(-1)
         kl = F.kl_div(log_q, target_probs[gens], reduction="none").sum(-1)
-        loss = kl.sum() / b
-        loss.backward()
-        total += loss.detach()
+        (kl * weight[gens].to(kl.dtype)).sum().backward()
+        kl_sums.index_add_(0, gens, kl.detach().double())
     assert noise.grad is not None
-    return total, noise.grad
+    return kl_sums, counts, noise.grad
 
 
 def train_generators(
     bank: GeneratorBank,
     surrogate: FeatureClassifier,
     train_images: torch.Tensor,
+    labels: torch.Tensor,
     clusters: Clusters,
     cfg: GeneratorConfig,
     batch: BatchSizeConfig,
@@ -98,13 +130,24 @@ def train_generators(
 ) -> GeneratorStats:
     """Train ``bank`` in place (wrapped in DDP) against the frozen ``surrogate``.
 
+    ``labels`` (class labels) only serve the surrogate-accuracy diagnostic of the monitor.
+
     Resumes from ``checkpoint`` when it holds a state, saves one after every epoch, and stops at a
     checkpoint when preemption is requested.
     """
     # The stream's "labels" are the cluster ids: the generators never see class labels.
+    noise_first = cfg.noise_order == "before_augment"
     stream = batch_source(
-        train_images, clusters.ids, batch.per_device, rt, seed, augment=augment, placement=placement
+        train_images,
+        clusters.ids,
+        batch.per_device,
+        rt,
+        seed,
+        augment=None if noise_first else augment,
+        placement=placement,
     )
+    # The same per-sample tables the stream would draw (same seed), applied after the noise.
+    augmenter = Augmenter(augment, len(train_images), seed) if noise_first else None
     global_batch = batch.per_device * rt.world_size
     lr_factor = batch.lr_factor(global_batch)
     ddp = rt.wrap(bank)
@@ -115,23 +158,39 @@ def train_generators(
         optimizer, T_max=cfg.epochs * len(stream), eta_min=cfg.min_lr
     )
     target_probs = clusters.centers[clusters.targets].softmax(-1)
+    k = clusters.k
     resumable = Resumable(checkpoint, bank=bank, optimizer=optimizer, schedule=schedule)
-    # running sums: [sum of per-step losses, steps] of the epoch on this rank
-    loop = resumable.start(num_sums=2, device=rt.device)
+    # running sums of the epoch on this rank: KL per generator [k], items per generator [k]
+    loop = resumable.start(num_sums=2 * k, device=rt.device)
     start_epoch, start_step, sums = loop.epoch, loop.step, loop.sums
-    history: list[float] = loop.history
+    history: list[dict[str, Any]] = loop.history
 
     def save(epoch: int, step: int) -> None:
         resumable.save_at(loop, epoch, step, history)
+
+    def measure() -> dict[str, float]:
+        started = time.perf_counter()
+        with torch.no_grad():
+            record = monitor.measure(bank().float())
+        return record | {"monitor_s": time.perf_counter() - started}
+
+    monitor = NoiseMonitor(
+        surrogate, train_images, labels, clusters, cfg.eps, cfg.monitor_images, seed, rt
+    )
+    if not history:  # the untrained bank, once per job
+        history.append({"epoch": -1, "loss": None, **measure()})
+        progress.info("generators before training: %s", _describe(history[0]))
 
     with progress.stage("generators", cfg.epochs * len(stream), cfg.epochs) as bar:
         bar.advance(start_epoch * len(stream) + start_step)
         for epoch in range(start_epoch, cfg.epochs):
             first_step = start_step if epoch == start_epoch else 0
             batches = stream.epoch(epoch, first_step)
+            if augmenter is not None:
+                augmenter.set_epoch(epoch)
             for step in preemptible(batches, first_step, rt, lambda s, e=epoch: save(e, s)):
                 noise = ddp()
-                loss, grad = uc_loss_grad(
+                kl_sums, counts, grad = uc_loss_grad(
                     surrogate,
                     step.images,
                     step.labels,
@@ -140,19 +199,24 @@ def train_generators(
                     cfg.scope,
                     cfg.chunk_size,
                     rt,
+                    indices=step.indices,
+                    augment=augmenter,
                 )
                 optimizer.zero_grad(set_to_none=True)
                 noise.backward(grad)
                 optimizer.step()
                 schedule.step()
-                sums += torch.stack([loss.double(), torch.ones((), device=rt.device).double()])
+                sums += torch.cat([kl_sums, counts])
                 bar.advance()
-            loss_sum, steps = rt.all_reduce_sum(sums).tolist()
+            kl_total, count_total = rt.all_reduce_sum(sums).view(2, k)
             sums.zero_()
-            history.append(loss_sum / steps)
+            present = count_total > 0
+            loss = float((kl_total[present] / count_total[present]).mean())
+            history.append({"epoch": epoch, "loss": loss, **measure()})
             save(epoch + 1, 0)
-            bar.epoch_done(epoch, kl=history[-1])
-    seconds = loop.seconds
+            bar.epoch_done(epoch, **_shown(history[-1]))
+    # Throughput counts training only, not the monitor's passes.
+    seconds = loop.seconds - sum(h["monitor_s"] for h in history)
     samples = stream.samples_per_epoch * rt.world_size * cfg.epochs
     per_sample = clusters.k if cfg.scope == "all" else 1
     return GeneratorStats(
@@ -165,5 +229,29 @@ def train_generators(
         seconds=seconds,
         samples_per_s=samples / seconds,
         images_per_s=samples * per_sample / seconds,
-        loss_history=history,
+        loss_history=[h["loss"] for h in history[1:]],
+        history=history[1:],
+        initial=history[0],
     )
+
+
+# Names of the epoch metrics in progress lines and W&B (`generators/kl`, `generators/hit`, ...).
+_SHORT = {
+    "loss": "kl",
+    "saturated_fraction": "saturated",
+    "target_hit_rate": "hit",
+    "own_center_rate": "own",
+    "surrogate_accuracy": "surrogate_acc",
+}
+
+
+def _shown(record: dict[str, Any]) -> dict[str, float]:
+    return {
+        _SHORT.get(key, key): value
+        for key, value in record.items()
+        if key not in ("epoch", "monitor_s") and value is not None
+    }
+
+
+def _describe(record: dict[str, Any]) -> str:
+    return " ".join(f"{key} {value:.3g}" for key, value in _shown(record).items())
