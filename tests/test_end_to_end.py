@@ -37,9 +37,11 @@ def test_demo_shows_a_protection_effect_against_equal_strength_controls(demo_job
     metrics = record["metrics"]
     acc = metrics["accuracy"]
     assert set(acc) == {"clean", "protected", "uniform", "sign", "untrained"}
+    # 20 points: below the smallest drop over seeds 0-9 (34 points, docs/DEMO_STUDY.md), since a
+    # CPU with another rounding order trains as differently as another seed.
     assert acc["clean"] > 0.95
-    assert acc["protected"] < acc["clean"] - 0.35
-    assert acc["protected"] < acc["uniform"] - 0.35
+    assert acc["protected"] < acc["clean"] - 0.2
+    assert acc["protected"] < acc["uniform"] - 0.2
     strongest = min(("uniform", "sign", "untrained"), key=acc.__getitem__)
     assert metrics["strongest_control"] == strongest
     assert metrics["control_gap"] == pytest.approx(acc[strongest] - acc["protected"])
@@ -179,7 +181,7 @@ def test_two_processes_agree_with_one(demo_job, tmp_path):
         history = record["generator"]["history"]
         assert history[-1]["loss"] < history[0]["loss"]
         acc = record["metrics"]["accuracy"]
-        assert acc["protected"] < min(acc["clean"], acc["uniform"]) - 0.35
+        assert acc["protected"] < min(acc["clean"], acc["uniform"]) - 0.2
     assert two["metrics"]["victims"]["clean"]["total"] == 449
 
 
