@@ -49,6 +49,17 @@ def _reporting_override(override: str) -> bool:
     )
 
 
+def grid_overrides(hydra_cfg: Any) -> list[list[str]]:
+    """Each job's overrides, as Hydra's basic sweeper splits a multirun's ``hydra`` config."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides([*params, *hydra_cfg.overrides.task])
+    (batch,) = BasicSweeper.split_arguments(overrides, None)
+    return [list(job) for job in batch]
+
+
 def plain_override(override: str) -> str:
     """``batch_size="256"`` -> ``batch_size=256``, for records and run names."""
     return re.sub(r"=([\"'])(\d+)\1$", r"=\2", override)
