@@ -196,8 +196,7 @@ def test_cli_reports_missing_data_in_one_line_before_any_compute(data_dir, tmp_p
         f"MedMNIST bloodmnist (28 px) file not found: expected bloodmnist.npz in {root}; on a "
         f"machine with internet access, run: ue-sweep-data fetch bloodmnist --size 28 --root {root}"
     ]
-    record = json.loads((tmp_path / "job" / "result.json").read_text())
-    assert record["status"] == "failed" and record["error"]["type"] == "MissingFileError"
+    assert not (tmp_path / "job").exists(), "the job is refused before Hydra creates its dir"
     assert "surrogate" not in proc.stdout
 
 

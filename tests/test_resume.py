@@ -202,17 +202,24 @@ def test_usr2_checkpoints_the_job_and_a_rerun_finishes_it_like_an_uninterrupted_
 
 
 @pytest.mark.slow
-def test_a_completed_job_is_skipped_and_a_changed_one_recomputed(tmp_path: Path):
+def test_a_completed_job_is_skipped_and_never_overwritten_by_a_changed_one(tmp_path: Path):
     first = run_cli([*SMOKE, "hydra.run.dir=job"], cwd=tmp_path)
     assert first.returncode == 0
     record = json.loads((tmp_path / "job" / "result.json").read_text())
     again = run_cli([*SMOKE, "trainer.progress=none", "hydra.run.dir=job"], cwd=tmp_path)
     assert "already completed with this configuration: skipped" in again.stdout
     assert json.loads((tmp_path / "job" / "result.json").read_text()) == record
+    saved = (tmp_path / "job" / "result.json").read_bytes()
     changed = run_cli([*SMOKE, "seed=1", "hydra.run.dir=job"], cwd=tmp_path)
-    assert changed.returncode == 0
-    assert "skipped" not in changed.stdout and "resuming" not in changed.stdout
-    new = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert changed.returncode == 2
+    assert changed.stderr.strip() == (
+        "refusing to overwrite job: it holds a completed job of another configuration; "
+        "choose another hydra.run.dir (or hydra.sweep.dir / UE_SWEEP_NAME)"
+    )
+    assert (tmp_path / "job" / "result.json").read_bytes() == saved
+    elsewhere = run_cli([*SMOKE, "seed=1", "hydra.run.dir=job2"], cwd=tmp_path)
+    assert elsewhere.returncode == 0
+    new = json.loads((tmp_path / "job2" / "result.json").read_text())
     assert (new["seed"], new["restarts"]) == (1, 0)
     assert new["fingerprint"] != record["fingerprint"]
 

@@ -26,6 +26,7 @@ from ue_sweep.errors import UserError
 from ue_sweep.job import run_job
 from ue_sweep.loggers import JobIdentity
 from ue_sweep.preemption import Preempted
+from ue_sweep.preflight import check_command_line
 from ue_sweep.summary import format_summary
 from ue_sweep.sweep import SWEEP_NAME_ENV, plain_override, sweep_name
 from ue_sweep.tracking import ResultRecorder
@@ -161,6 +162,11 @@ def main() -> None:
     sys.argv[1:] = quote_numeric_choices(sys.argv[1:])
     # The same multirun command line maps to the same sweep directory (see conf/config.yaml).
     os.environ.setdefault(SWEEP_NAME_ENV, sweep_name(sys.argv[1:]))
+    try:
+        check_command_line(sys.argv[1:])
+    except UserError as err:
+        print(err, file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         hydra_job()
     except Preempted as stop:
