@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import torch
 
 from tests.conftest import SMOKE, run_cli, ue_sweep_env
 from ue_sweep import preemption
-from ue_sweep.checkpoint import JobCheckpoints, StageCheckpoint, fingerprint
+from ue_sweep.checkpoint import NO_CHECKPOINT, JobCheckpoints, StageCheckpoint, fingerprint
 from ue_sweep.config import (
     AugmentConfig,
     BatchSizeConfig,
@@ -55,6 +56,59 @@ def test_checkpoints_of_another_configuration_are_ignored(tmp_path):
     reader = JobCheckpoints(tmp_path, "aaaa", writer=False)
     reader.mark_done("x", {"v": 1})
     assert reader.done("x") is None, "only the writing rank writes"
+
+
+class _TouchOnLoad:
+    """A pickle payload: unpickling it would create ``marker`` (weights_only must refuse it)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def _truncated(path: Path) -> None:
+    torch.save({"epoch": 1, "step": 0, "weights": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:300])
+
+
+# Damaged or foreign files in checkpoints/: each is named, moved aside and its stage restarted.
+DAMAGED = {
+    "truncated": _truncated,
+    "empty": lambda path: path.write_bytes(b""),
+    "random-bytes": lambda path: path.write_bytes(bytes(range(256)) * 4),
+    "pickle-payload": lambda path: path.write_bytes(
+        pickle.dumps(_TouchOnLoad(path.parent / "payload-ran"))
+    ),
+    "foreign-tensor": lambda path: torch.save(torch.ones(3), path),
+    "foreign-list": lambda path: torch.save([1, 2, 3], path),
+}
+
+
+def _untimed(record):
+    if isinstance(record, dict):
+        return {k: _untimed(v) for k, v in record.items() if "seconds" not in k}
+    if isinstance(record, list):
+        return [_untimed(v) for v in record]
+    return record
+
+
+@pytest.mark.parametrize("damage", DAMAGED.values(), ids=DAMAGED.keys())
+def test_a_damaged_checkpoint_is_moved_aside_and_its_stage_restarted(rt, tmp_path, caplog, damage):
+    path = tmp_path / "checkpoints" / "victim.pt"
+    path.parent.mkdir()
+    damage(path)
+    checkpoint = StageCheckpoint(path, "aaaa", writer=True)
+    with caplog.at_level("WARNING", logger="ue_sweep.checkpoint"):
+        restarted, result = _train_victim(rt, checkpoint)
+    assert not (tmp_path / "checkpoints" / "payload-ran").exists(), "a pickle is never executed"
+    (aside,) = path.parent.glob("victim.pt.corrupt-*")
+    assert f"checkpoint {path} is unreadable" in caplog.text and aside.name in caplog.text
+    fresh, expected = _train_victim(rt, NO_CHECKPOINT)
+    assert _untimed(result) == _untimed(expected), "the stage started over from its beginning"
+    for a, b in zip(restarted.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 class _StopAt:
