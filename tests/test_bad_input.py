@@ -70,7 +70,9 @@ CASES = [
         False,
     ),
     ("out-of-range-in-sweep", 7, ["-m", "clusters.k=2,1"], "clusters.k=1 is not accepted", False),
+    # 8: a dataset root that is a regular file
     (
+        "dataset-root-is-file",
         8,
         ["dataset=pathmnist", "dataset.root={file}"],
         "is a file, not a directory",
