@@ -289,3 +289,35 @@ def test_rerunning_a_multirun_skips_what_completed(tmp_path: Path):
     again = run_cli(args, cwd=tmp_path)
     assert "2 jobs: 2 skipped" in again.stdout + again.stderr
     assert [p.name for p in (tmp_path / "multirun").iterdir()] == [sweep.name]
+
+
+@pytest.mark.slow
+def test_sigterm_outside_a_scheduler_records_interrupted(tmp_path: Path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ue_sweep", *RESUMABLE, "hydra.run.dir=job"],
+        cwd=tmp_path,
+        env=ue_sweep_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = tmp_path / "job" / "ue_sweep.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "generators epoch 2/" in log.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.terminate()
+    _, errors = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert errors.strip().splitlines()[-1] == "interrupted: stopped by SIGTERM"
+    record = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert (record["status"], record["error"]["type"]) == ("interrupted", "Interrupted")
+
+
+def test_rerunning_a_job_that_failed_before_saving_state_is_no_restart(tmp_path: Path):
+    # clusters.k=5000 is refused once the data is loaded, before any stage saves state.
+    for _ in range(2):
+        proc = run_cli(["clusters.k=5000", "hydra.run.dir=job"], cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2
+    record = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert (record["status"], record["restarts"]) == ("failed", 0)

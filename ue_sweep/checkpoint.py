@@ -129,6 +129,10 @@ class JobCheckpoints:
         if running is not None and self.writer:
             running.unlink(missing_ok=True)
 
+    def saved(self) -> bool:
+        """Whether any stage of this job saved state that a new attempt resumes from."""
+        return self.root is not None and any(self.root.glob("*.pt"))
+
     def clear(self) -> None:
         """Delete the directory once the job's result is recorded: it is never read again."""
         if self.root is not None and self.writer:

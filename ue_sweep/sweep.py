@@ -114,7 +114,7 @@ class PlannedJob:
 class JobOutcome:
     num: int
     label: str
-    status: str  # completed, skipped, failed, cancelled, preempted, running
+    status: str  # completed, skipped, failed, cancelled, preempted, interrupted, running
     restarts: int = 0
     detail: str = ""
 
@@ -136,7 +136,16 @@ class JobOutcome:
 def format_summary(sweep_dir: str | Path, outcomes: Sequence[JobOutcome]) -> str:
     counts = Counter(o.status for o in outcomes)
     resumed = sum(1 for o in outcomes if o.restarts)
-    order = ("completed", "skipped", "failed", "cancelled", "preempted", "running", "missing")
+    order = (
+        "completed",
+        "skipped",
+        "failed",
+        "cancelled",
+        "preempted",
+        "interrupted",
+        "running",
+        "missing",
+    )
     parts = [f"{counts[s]} {s}" for s in order if counts[s]]
     lines = [
         f"sweep {sweep_dir}: {len(outcomes)} jobs: "

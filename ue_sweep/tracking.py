@@ -127,6 +127,9 @@ class ResultRecorder:
     def preempted(self, stop: BaseException) -> dict[str, Any]:
         return self._write("preempted", preemption={"message": str(stop)})
 
+    def interrupted(self, stop: BaseException) -> dict[str, Any]:
+        return self._write("interrupted", error={"type": "Interrupted", "message": str(stop)})
+
     def failed(self, error: BaseException) -> dict[str, Any]:
         return self._write(
             "failed",
