@@ -15,7 +15,13 @@ import torch
 
 from tests.conftest import SMOKE, run_cli, ue_sweep_env
 from ue_sweep import preemption
-from ue_sweep.checkpoint import NO_CHECKPOINT, JobCheckpoints, StageCheckpoint, fingerprint
+from ue_sweep.checkpoint import (
+    NO_CHECKPOINT,
+    JobCheckpoints,
+    StageCheckpoint,
+    earlier_attempt,
+    fingerprint,
+)
 from ue_sweep.config import (
     AugmentConfig,
     BatchSizeConfig,
@@ -27,6 +33,8 @@ from ue_sweep.models.classifiers import build_classifier
 from ue_sweep.models.generators import GeneratorBank
 from ue_sweep.preemption import Preempted
 from ue_sweep.progress import Progress
+from ue_sweep.sweep import PlannedJob
+from ue_sweep.tracking import ResultRecorder
 from ue_sweep.train.classifier import train_classifier
 from ue_sweep.uc.clustering import Clusters
 from ue_sweep.uc.train_generators import train_generators
@@ -56,6 +64,15 @@ def test_checkpoints_of_another_configuration_are_ignored(tmp_path):
     reader = JobCheckpoints(tmp_path, "aaaa", writer=False)
     reader.mark_done("x", {"v": 1})
     assert reader.done("x") is None, "only the writing rank writes"
+
+
+@pytest.mark.parametrize("content", ["[]", "null", '{"status": "comp', '"completed"'])
+def test_an_odd_result_file_in_a_job_dir_is_no_earlier_attempt(tmp_path, content):
+    # A re-run must not trip over a result.json it cannot have written (truncated, edited).
+    (tmp_path / "result.json").write_text(content)
+    assert ResultRecorder(tmp_path, {}).read() is None
+    assert PlannedJob(0, [], tmp_path, "aaaa").completed_record() is None
+    assert earlier_attempt([], "aaaa") is None
 
 
 class _TouchOnLoad:

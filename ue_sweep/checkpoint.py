@@ -41,9 +41,9 @@ def fingerprint(config: dict[str, Any], world_size: int) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def earlier_attempt(record: dict[str, Any] | None, fp: str) -> dict[str, Any] | None:
+def earlier_attempt(record: Any, fp: str) -> dict[str, Any] | None:
     """``record`` (a ``result.json``) if it was written by the job with fingerprint ``fp``."""
-    return record if record is not None and record.get("fingerprint") == fp else None
+    return record if isinstance(record, dict) and record.get("fingerprint") == fp else None
 
 
 @dataclass(frozen=True)

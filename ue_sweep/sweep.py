@@ -90,9 +90,10 @@ class PlannedJob:
 
     def record(self) -> dict[str, Any] | None:
         try:
-            return json.loads((self.job_dir / RESULT_FILE).read_text())
+            record = json.loads((self.job_dir / RESULT_FILE).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
+        return record if isinstance(record, dict) else None
 
     def completed_record(self) -> dict[str, Any] | None:
         """The job's result if an earlier run completed this exact job, else None."""

@@ -141,7 +141,9 @@ class ResultRecorder:
         )
 
     def read(self) -> dict[str, Any] | None:
+        """The job's record; None if there is none or it is no record (truncated, edited)."""
         try:
-            return json.loads(self.path.read_text())
-        except FileNotFoundError:
+            record = json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
             return None
+        return record if isinstance(record, dict) else None
