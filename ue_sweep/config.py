@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from functools import cache
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -293,6 +294,7 @@ def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any, dict[str, Any
             yield key, value, dict(f.metadata)
 
 
+@cache
 def schema_keys(node: type = RootConfig, prefix: str = "") -> dict[str, str]:
     """Every dotted key of the schema -> its annotated type (``"int"``, ``"ClustersConfig"``)."""
     keys = {}

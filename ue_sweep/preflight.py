@@ -15,7 +15,7 @@ import copy
 import difflib
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,7 @@ def _check_override(override: Override, loader: ConfigLoaderImpl) -> None:
         raise unknown_key_error(key, _values(override)[0] if override.value_type else None)
 
 
-def _compose(load: Any) -> DictConfig:
+def _compose(load: Callable[[], DictConfig]) -> DictConfig:
     try:
         return load()
     except (HydraException, OmegaConfBaseException) as err:
@@ -170,9 +170,7 @@ def _resolved(job: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(job, resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         key = str(getattr(err, "full_key", "") or "?")
-        raw = OmegaConf.select(job, key, throw_on_resolution_failure=False)
-        if raw is None:
-            raw = _raw_value(job, key)
+        raw = _raw_value(job, key)
         reason = str(err.__cause__ or err).splitlines()[0]
         raise ConfigError(key, raw, f"a value that resolves ({reason})") from None
 
