@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,8 @@ from PIL import Image
 
 from tests.conftest import run_cli
 from tests.wandb_records import offline_runs
-from ue_sweep.report import Job, build_rows, collect, markdown_table
+from ue_sweep.report import Job, build_rows, collect, markdown_table, write_report
+from ue_sweep.report import main as report_main
 
 MULTIRUN_YAML = """\
 hydra:
@@ -203,3 +207,49 @@ def test_partial_sweep_without_multirun_yaml_still_gives_a_table(sweep):
     report = collect(sweep)
     assert report.incomplete == [] and "no multirun.yaml" in str(report.grid_note)
     assert "| digits | 35.0 ± 7.1 |" in markdown_table(report)
+
+
+# Result files no ue-sweep job writes: each is listed as unreadable, the rest of the sweep reported.
+ODD_RESULTS = {
+    "completed-without-fields": '{"status": "completed"}',
+    "a-list": "[]",
+    "null": "null",
+    "truncated": '{"status": "comp',
+    "wrong-types": '{"status": "completed", "dataset": 3, "batch": [], "metrics": "x"}',
+}
+
+
+@pytest.mark.parametrize("content", ODD_RESULTS.values(), ids=ODD_RESULTS.keys())
+def test_an_odd_result_file_is_listed_as_unreadable(sweep, tmp_path, capsys, content):
+    (sweep / "odd").mkdir()
+    (sweep / "odd" / "result.json").write_text(content)
+    assert report_main([str(sweep), "--out", str(tmp_path / "out"), "--no-wandb"]) == 0
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "8 result files: 5 completed, 1 failed, 0 interrupted, 1 missing" in markdown
+    assert "1 unreadable; 1 grid points without a result file." in markdown
+    assert "- unreadable: `odd`: result file unreadable: " in markdown
+    assert "| digits | 35.0 ± 7.1 |" in markdown
+
+
+@pytest.mark.parametrize("out", ["/proc/ue-sweep-report", "{sweep}/0/result.json/report"])
+def test_an_unwritable_output_directory_is_one_line(sweep, capsys, out):
+    assert report_main([str(sweep), "--out", out.format(sweep=sweep), "--no-wandb"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("ue-sweep report: cannot write to ")
+
+
+def test_a_running_result_whose_process_is_gone_is_interrupted(sweep, tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    record = json.loads((sweep / "6" / "result.json").read_text())
+    record |= {"host": socket.gethostname(), "pid": int(dead.stdout)}
+    (sweep / "6" / "result.json").write_text(json.dumps(record))
+    write_report(sweep, tmp_path / "out", use_wandb=False)
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "1 interrupted, 0 missing" in markdown
+    assert "- interrupted: `6` (dataset=pets,batch_size=64,seed=0,experiment=smoke): " in markdown
+    assert f"process {int(dead.stdout)} on {socket.gethostname()} is gone" in markdown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import signal
 import subprocess
 import sys
@@ -14,7 +15,13 @@ import torch
 
 from tests.conftest import SMOKE, run_cli, ue_sweep_env
 from ue_sweep import preemption
-from ue_sweep.checkpoint import JobCheckpoints, StageCheckpoint, fingerprint
+from ue_sweep.checkpoint import (
+    NO_CHECKPOINT,
+    JobCheckpoints,
+    StageCheckpoint,
+    earlier_attempt,
+    fingerprint,
+)
 from ue_sweep.config import (
     AugmentConfig,
     BatchSizeConfig,
@@ -26,6 +33,8 @@ from ue_sweep.models.classifiers import build_classifier
 from ue_sweep.models.generators import GeneratorBank
 from ue_sweep.preemption import Preempted
 from ue_sweep.progress import Progress
+from ue_sweep.sweep import PlannedJob
+from ue_sweep.tracking import ResultRecorder
 from ue_sweep.train.classifier import train_classifier
 from ue_sweep.uc.clustering import Clusters
 from ue_sweep.uc.train_generators import train_generators
@@ -55,6 +64,68 @@ def test_checkpoints_of_another_configuration_are_ignored(tmp_path):
     reader = JobCheckpoints(tmp_path, "aaaa", writer=False)
     reader.mark_done("x", {"v": 1})
     assert reader.done("x") is None, "only the writing rank writes"
+
+
+@pytest.mark.parametrize("content", ["[]", "null", '{"status": "comp', '"completed"'])
+def test_an_odd_result_file_in_a_job_dir_is_no_earlier_attempt(tmp_path, content):
+    # A re-run must not trip over a result.json it cannot have written (truncated, edited).
+    (tmp_path / "result.json").write_text(content)
+    assert ResultRecorder(tmp_path, {}).read() is None
+    assert PlannedJob(0, [], tmp_path, "aaaa").completed_record() is None
+    assert earlier_attempt([], "aaaa") is None
+
+
+class _TouchOnLoad:
+    """A pickle payload: unpickling it would create ``marker`` (weights_only must refuse it)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def _truncated(path: Path) -> None:
+    torch.save({"epoch": 1, "step": 0, "weights": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:300])
+
+
+# Damaged or foreign files in checkpoints/: each is named, moved aside and its stage restarted.
+DAMAGED = {
+    "truncated": _truncated,
+    "empty": lambda path: path.write_bytes(b""),
+    "random-bytes": lambda path: path.write_bytes(bytes(range(256)) * 4),
+    "pickle-payload": lambda path: path.write_bytes(
+        pickle.dumps(_TouchOnLoad(path.parent / "payload-ran"))
+    ),
+    "foreign-tensor": lambda path: torch.save(torch.ones(3), path),
+    "foreign-list": lambda path: torch.save([1, 2, 3], path),
+}
+
+
+def _untimed(record):
+    if isinstance(record, dict):
+        return {k: _untimed(v) for k, v in record.items() if "seconds" not in k}
+    if isinstance(record, list):
+        return [_untimed(v) for v in record]
+    return record
+
+
+@pytest.mark.parametrize("damage", DAMAGED.values(), ids=DAMAGED.keys())
+def test_a_damaged_checkpoint_is_moved_aside_and_its_stage_restarted(rt, tmp_path, caplog, damage):
+    path = tmp_path / "checkpoints" / "victim.pt"
+    path.parent.mkdir()
+    damage(path)
+    checkpoint = StageCheckpoint(path, "aaaa", writer=True)
+    with caplog.at_level("WARNING", logger="ue_sweep.checkpoint"):
+        restarted, result = _train_victim(rt, checkpoint)
+    assert not (tmp_path / "checkpoints" / "payload-ran").exists(), "a pickle is never executed"
+    (aside,) = path.parent.glob("victim.pt.corrupt-*")
+    assert f"checkpoint {path} is unreadable" in caplog.text and aside.name in caplog.text
+    fresh, expected = _train_victim(rt, NO_CHECKPOINT)
+    assert _untimed(result) == _untimed(expected), "the stage started over from its beginning"
+    for a, b in zip(restarted.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 class _StopAt:
@@ -202,17 +273,24 @@ def test_usr2_checkpoints_the_job_and_a_rerun_finishes_it_like_an_uninterrupted_
 
 
 @pytest.mark.slow
-def test_a_completed_job_is_skipped_and_a_changed_one_recomputed(tmp_path: Path):
+def test_a_completed_job_is_skipped_and_never_overwritten_by_a_changed_one(tmp_path: Path):
     first = run_cli([*SMOKE, "hydra.run.dir=job"], cwd=tmp_path)
     assert first.returncode == 0
     record = json.loads((tmp_path / "job" / "result.json").read_text())
     again = run_cli([*SMOKE, "trainer.progress=none", "hydra.run.dir=job"], cwd=tmp_path)
     assert "already completed with this configuration: skipped" in again.stdout
     assert json.loads((tmp_path / "job" / "result.json").read_text()) == record
+    saved = (tmp_path / "job" / "result.json").read_bytes()
     changed = run_cli([*SMOKE, "seed=1", "hydra.run.dir=job"], cwd=tmp_path)
-    assert changed.returncode == 0
-    assert "skipped" not in changed.stdout and "resuming" not in changed.stdout
-    new = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert changed.returncode == 2
+    assert changed.stderr.strip() == (
+        "refusing to overwrite job: it holds a completed job of another configuration; "
+        "choose another hydra.run.dir (or hydra.sweep.dir / UE_SWEEP_NAME)"
+    )
+    assert (tmp_path / "job" / "result.json").read_bytes() == saved
+    elsewhere = run_cli([*SMOKE, "seed=1", "hydra.run.dir=job2"], cwd=tmp_path)
+    assert elsewhere.returncode == 0
+    new = json.loads((tmp_path / "job2" / "result.json").read_text())
     assert (new["seed"], new["restarts"]) == (1, 0)
     assert new["fingerprint"] != record["fingerprint"]
 
@@ -228,3 +306,35 @@ def test_rerunning_a_multirun_skips_what_completed(tmp_path: Path):
     again = run_cli(args, cwd=tmp_path)
     assert "2 jobs: 2 skipped" in again.stdout + again.stderr
     assert [p.name for p in (tmp_path / "multirun").iterdir()] == [sweep.name]
+
+
+@pytest.mark.slow
+def test_sigterm_outside_a_scheduler_records_interrupted(tmp_path: Path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ue_sweep", *RESUMABLE, "hydra.run.dir=job"],
+        cwd=tmp_path,
+        env=ue_sweep_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = tmp_path / "job" / "ue_sweep.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "generators epoch 2/" in log.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.terminate()
+    _, errors = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert errors.strip().splitlines()[-1] == "interrupted: stopped by SIGTERM"
+    record = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert (record["status"], record["error"]["type"]) == ("interrupted", "Interrupted")
+
+
+def test_rerunning_a_job_that_failed_before_saving_state_is_no_restart(tmp_path: Path):
+    # clusters.k=5000 is refused once the data is loaded, before any stage saves state.
+    for _ in range(2):
+        proc = run_cli(["clusters.k=5000", "hydra.run.dir=job"], cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2
+    record = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert (record["status"], record["restarts"]) == ("failed", 0)

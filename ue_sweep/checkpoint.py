@@ -41,9 +41,9 @@ def fingerprint(config: dict[str, Any], world_size: int) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def earlier_attempt(record: dict[str, Any] | None, fp: str) -> dict[str, Any] | None:
+def earlier_attempt(record: Any, fp: str) -> dict[str, Any] | None:
     """``record`` (a ``result.json``) if it was written by the job with fingerprint ``fp``."""
-    return record if record is not None and record.get("fingerprint") == fp else None
+    return record if isinstance(record, dict) and record.get("fingerprint") == fp else None
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,45 @@ class StageCheckpoint:
     writer: bool = False
 
     def load(self) -> dict[str, Any] | None:
+        """The saved state; None if there is none, it is another job's, or it is damaged.
+
+        A damaged file (truncated, or not a checkpoint at all) would fail every re-run, so the
+        writer moves it aside and the stage restarts from its previous good state. The file is
+        read with ``weights_only=True``: a pickle payload is refused, never executed.
+        """
         if self.path is None or not self.path.exists():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for a bad file; all mean "damaged"
+            first = (str(err).splitlines() or [""])[0].split(". ")[0]
+            return self._damaged(f"{type(err).__name__}: {first}")
+        if not isinstance(state, dict):
+            return self._damaged(f"holds a {type(state).__name__}, not a checkpoint")
         if state.get("fingerprint") != self.fingerprint:
             log.warning("ignoring %s: it belongs to another configuration", self.path)
             return None
         return state
+
+    def _damaged(self, problem: str) -> None:
+        assert self.path is not None
+        if not self.writer:
+            log.warning(
+                "checkpoint %s is unreadable (%s): restarting its stage", self.path, problem
+            )
+            return None
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        try:
+            self.path.replace(aside)
+        except FileNotFoundError:  # another attempt moved it already
+            return None
+        log.warning(
+            "checkpoint %s is unreadable (%s): moved it to %s and restarting the stage",
+            self.path,
+            problem,
+            aside.name,
+        )
+        return None
 
     def save(self, state: dict[str, Any]) -> None:
         if self.path is not None and self.writer:
@@ -96,6 +128,10 @@ class JobCheckpoints:
         running = self._file(name)
         if running is not None and self.writer:
             running.unlink(missing_ok=True)
+
+    def saved(self) -> bool:
+        """Whether any stage of this job saved state that a new attempt resumes from."""
+        return self.root is not None and any(self.root.glob("*.pt"))
 
     def clear(self) -> None:
         """Delete the directory once the job's result is recorded: it is never read again."""

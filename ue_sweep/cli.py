@@ -25,7 +25,8 @@ from ue_sweep.distributed import env_from_launcher
 from ue_sweep.errors import UserError
 from ue_sweep.job import run_job
 from ue_sweep.loggers import JobIdentity
-from ue_sweep.preemption import Preempted
+from ue_sweep.preemption import Interrupted, Preempted
+from ue_sweep.preflight import check_command_line
 from ue_sweep.summary import format_summary
 from ue_sweep.sweep import SWEEP_NAME_ENV, plain_override, sweep_name
 from ue_sweep.tracking import ResultRecorder
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # Exit status of a job that stopped at a checkpoint to be requeued (sysexits' EX_TEMPFAIL).
 EXIT_PREEMPTED = 75
+# Exit status of a job ended by SIGTERM, as the shell reports a process the signal killed.
+EXIT_INTERRUPTED = 128 + 15
 
 
 @cache
@@ -162,7 +165,15 @@ def main() -> None:
     # The same multirun command line maps to the same sweep directory (see conf/config.yaml).
     os.environ.setdefault(SWEEP_NAME_ENV, sweep_name(sys.argv[1:]))
     try:
+        check_command_line(sys.argv[1:])
+    except UserError as err:
+        print(err, file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
         hydra_job()
     except Preempted as stop:
         print(f"preempted: {stop}", file=sys.stderr)
         raise SystemExit(EXIT_PREEMPTED) from None
+    except Interrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None

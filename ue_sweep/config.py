@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from functools import cache
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -20,6 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from ue_sweep.errors import ConfigError
 
 SCHEMA_NAME = "ue_sweep_schema"
+# Largest batch a job accepts: batches index 64-bit tensors and Python slices, and no dataset
+# comes near it.
+MAX_BATCH = 2**31 - 1
 
 
 Choices = Sequence[str | int] | Callable[[], Sequence[str | int]]
@@ -113,10 +117,10 @@ class DatasetConfig:
 class BatchSizeConfig:
     """The sweep axis: per-device batch of the generator stage and how its learning rate scales."""
 
-    per_device: int = setting(64, ge=1)
+    per_device: int = setting(64, ge=1, le=MAX_BATCH)
     lr_scaling: str = setting("none", one_of=("none", "linear", "sqrt"))
     # Global batch at which `generator.lr` applies unscaled.
-    reference: int = setting(256, ge=1)
+    reference: int = setting(256, ge=1, le=MAX_BATCH)
 
     def lr_factor(self, global_batch: int) -> float:
         ratio = global_batch / self.reference
@@ -129,7 +133,7 @@ class TrainingConfig:
 
     epochs: int = setting(10, ge=1)
     # Global batch, split evenly over ranks, so a victim recipe does not change with the GPU count.
-    batch_size: int = setting(128, ge=1)
+    batch_size: int = setting(128, ge=1, le=MAX_BATCH)
     lr: float = setting(0.05, gt=0.0)
     momentum: float = setting(0.9, ge=0.0, lt=1.0)
     weight_decay: float = setting(5e-4, ge=0.0)
@@ -281,7 +285,7 @@ def register_schema() -> None:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:g}"
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def _check_field(key: str, value: Any, rules: dict[str, Any]) -> None:
@@ -321,6 +325,18 @@ def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any, dict[str, Any
             yield key, value, dict(f.metadata)
 
 
+@cache
+def schema_keys(node: type = RootConfig, prefix: str = "") -> dict[str, str]:
+    """Every dotted key of the schema -> its annotated type (``"int"``, ``"ClustersConfig"``)."""
+    keys = {}
+    for f in fields(node):
+        key = f"{prefix}{f.name}"
+        keys[key] = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if f.default_factory is not MISSING and is_dataclass(child := f.default_factory()):
+            keys |= schema_keys(type(child), key + ".")
+    return keys
+
+
 def _check_cross_fields(cfg: RootConfig) -> None:
     k = cfg.clusters.k
     if cfg.clusters.target == "cyclic" and not cfg.clusters.offset < k:
@@ -339,6 +355,21 @@ def _check_cross_fields(cfg: RootConfig) -> None:
         raise ConfigError(
             "surrogate.checkpoint", None, "a checkpoint file when surrogate.weights=path"
         )
+    if cfg.surrogate.weights != "path" and cfg.surrogate.checkpoint:
+        # It would be silently unused: the user meant to load it, or it is a leftover.
+        raise ConfigError(
+            "surrogate.checkpoint",
+            cfg.surrogate.checkpoint,
+            f"unset with surrogate.weights={cfg.surrogate.weights} "
+            "(add surrogate.weights=path to load a checkpoint)",
+        )
+    from ue_sweep.data.registry import check_dataset
+
+    check_dataset(cfg.dataset, cfg.paths, cfg.surrogate, files=False)
+
+
+def check_host(cfg: RootConfig) -> None:
+    """Rules about the machine that runs the job: its devices, the data and weight files."""
     _check_accelerator(cfg.trainer, (("victim", cfg.victim), ("surrogate.fit", cfg.surrogate.fit)))
     from ue_sweep.data.registry import check_dataset
     from ue_sweep.models.weights import check_surrogate_weights
@@ -365,17 +396,23 @@ def _check_accelerator(
             )
 
 
-def validate(cfg: RootConfig) -> RootConfig:
-    """Check every field's declared rule, then the rules that span fields. Raises ConfigError."""
+def validate(cfg: RootConfig, on_this_host: bool = True) -> RootConfig:
+    """Check every field's declared rule, then the rules that span fields. Raises ConfigError.
+
+    ``on_this_host=False`` leaves out :func:`check_host`, for a job that a scheduler will run
+    on another machine (a login node has no GPU and may not see the compute nodes' files).
+    """
     for key, value, rules in _walk(cfg):
         _check_field(key, value, rules)
     _check_cross_fields(cfg)
+    if on_this_host:
+        check_host(cfg)
     return cfg
 
 
-def to_root_config(cfg: DictConfig | RootConfig) -> RootConfig:
+def to_root_config(cfg: DictConfig | RootConfig, on_this_host: bool = True) -> RootConfig:
     """Turn a composed Hydra config into a validated :class:`RootConfig` instance."""
     if isinstance(cfg, RootConfig):
-        return validate(cfg)
+        return validate(cfg, on_this_host)
     merged = OmegaConf.merge(OmegaConf.structured(RootConfig), cfg)
-    return validate(OmegaConf.to_object(merged))
+    return validate(OmegaConf.to_object(merged), on_this_host)

@@ -29,7 +29,12 @@ class MissingFileError(UserError):
 
     def __init__(self, what: str, expected: Path, fix: str, problem: str = "not found") -> None:
         self.what, self.expected, self.fix, self.problem = what, expected, fix, problem
-        super().__init__(f"{what} {problem}: expected {expected.name} in {expected.parent}; {fix}")
+        where = (
+            f"expected {expected.name} in {expected.parent}"
+            if problem == "not found"
+            else f"{expected}"  # the file is there (or cannot be): name it, not where to put it
+        )
+        super().__init__(f"{what} {problem}: {where}; {fix}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.what, self.expected, self.fix, self.problem)

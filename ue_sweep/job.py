@@ -1,7 +1,8 @@
 """One job: start its ranks (in this process, or ``trainer.devices`` spawned ones) and record it.
 
 ``result.json`` says ``running`` from the start, then ``completed`` with the outcome, ``failed``
-with the error, or ``preempted`` after a checkpoint-and-stop. Rank 0 writes it; when this process
+with the error, ``preempted`` after a checkpoint-and-stop, or ``interrupted`` after a SIGTERM
+outside a scheduler. Rank 0 writes it; when this process
 spawned the ranks it also records a failure that rank 0 could not (another rank died and rank 0
 was terminated). A job whose directory already holds a completed result with the same fingerprint
 is skipped; one that was interrupted resumes from its checkpoints. Rank 0 alone also has a run
@@ -24,7 +25,7 @@ from ue_sweep.config import RootConfig
 from ue_sweep.distributed import DistEnv, env_from_launcher, runtime, spawn
 from ue_sweep.loggers import JobIdentity, RunLogger, build_logger
 from ue_sweep.pipeline import run_pipeline
-from ue_sweep.preemption import Preempted
+from ue_sweep.preemption import Interrupted, Preempted
 from ue_sweep.progress import Progress
 from ue_sweep.tracking import ResultRecorder
 
@@ -85,6 +86,11 @@ def _rank_main(
         if env.is_main:
             recorder.preempted(stop)
         raise
+    except Interrupted as stop:
+        if env.is_main:
+            recorder.interrupted(stop)
+        run_logger.close(failed=True)
+        raise
     except BaseException as err:
         if env.is_main:
             recorder.failed(err)
@@ -125,11 +131,16 @@ def run_job(
     if previous is not None and previous["status"] == "completed":
         log.info("%s already completed with this configuration: skipped", job_dir)
         return previous if env is None or env.is_main else None
-    recorder.base.update(
-        fingerprint=fp, restarts=0 if previous is None else previous.get("restarts", 0) + 1
-    )
     checkpoints = JobCheckpoints(job_dir / CHECKPOINT_DIR, fp)
+    # A restart is an attempt that resumes saved state; re-running a job that failed before
+    # saving any (a config error found once the data is loaded) is not one.
+    resumes = previous is not None and checkpoints.saved()
+    recorder.base.update(
+        fingerprint=fp, restarts=(previous or {}).get("restarts", 0) + int(resumes)
+    )
     preemption.install()
+    if env is None and not spawn_here:
+        preemption.stop_on_sigterm()
     if spawn_here:
         recorder.running()
         try:

@@ -35,6 +35,23 @@ class _State:
     previous: Handler = None
 
 
+class Interrupted(BaseException):
+    """SIGTERM outside a scheduler (``kill``, a closed session): the job records ``interrupted``."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+
+
+def stop_on_sigterm() -> None:
+    """Let SIGTERM end the job as :class:`Interrupted`, not leave its result ``running``.
+
+    Only where nothing else owns the signal: a scheduler's or torchrun's ranks keep theirs.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def preemption_signal() -> int:
     """USR2 unless submitit's SUBMITIT_PREEMPT_SIGNAL names another."""
     name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")

@@ -18,8 +18,10 @@ over seeds. The control victims (uniform, sign, untrained-generator noise) are t
 way, and the table shows the row's *strongest* control: the one with the lowest mean accuracy.
 
 A partial sweep gives a partial table; the jobs behind the gaps are listed as ``failed``,
-``missing`` (status ``running`` and never completed: still running, or killed) and
-``incomplete`` (grid points of the sweep's ``multirun.yaml`` without any result file).
+``interrupted`` (stopped by a signal, or status ``running`` on this host while its process is
+gone), ``missing`` (status ``running`` and never completed: still running, or killed elsewhere),
+``unreadable`` (a result file that is not a ue-sweep record) and ``incomplete`` (grid points of
+the sweep's ``multirun.yaml`` without any result file).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ue_sweep.cli import plain_override
-from ue_sweep.tracking import RESULT_FILE
+from ue_sweep.sweep import grid_overrides, plain_override
+from ue_sweep.tracking import RESULT_FILE, process_gone
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ BASE_CONDITIONS = ("clean", "protected")
 # do not split rows.
 _AXES = ("seed", "dataset", "dataset.name", "batch_size", "batch_size.per_device")
 _NOT_SETTINGS = ("hydra", "logger", "trainer.progress", "trainer.devices")
+# Statuses the report lists by name; any other (unreadable, unknown) is listed as unreadable.
+_LISTED = ("completed", "failed", "interrupted", "running")
 
 
 def _key(override: str) -> str:
@@ -82,31 +86,50 @@ class Job:
 
     @classmethod
     def read(cls, path: Path, sweep_dir: Path) -> Job:
+        """The job of a result file; a file that is no readable ue-sweep record: ``unreadable``."""
         rel = str(path.parent.relative_to(sweep_dir)) or "."
         try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            return cls._parse(rel, json.loads(path.read_text()))
+        except (OSError, ValueError) as err:
             return cls(dir=rel, status="unreadable", overrides=(), error=str(err))
-        config = record.get("config", {})
-        error = record.get("error")
-        completed = record.get("status") == "completed"
-        return cls(
-            dir=rel,
-            status=record.get("status", "unknown"),
-            overrides=tuple(record.get("overrides", ())),
-            dataset=record["dataset"]["name"]
-            if completed
-            else config.get("dataset", {}).get("name"),
-            seed=record.get("seed"),
-            per_device=config.get("batch_size", {}).get("per_device"),
-            world_size=record.get("world_size"),
-            global_batch=record["batch"]["global"] if completed else None,
-            accuracy=record["metrics"]["accuracy"] if completed else {},
-            error=f"{error['type']}: {error['message']}" if error else None,
-            updated_at=record.get("updated_at"),
-            wandb=record.get("wandb"),
-            logger=config.get("logger"),
-        )
+
+    @classmethod
+    def _parse(cls, rel: str, record: Any) -> Job:
+        # A result file is user-editable input: any shape a job never writes is a ValueError.
+        try:
+            config = record.get("config", {})
+            error = record.get("error")
+            status = record["status"]
+            completed = status == "completed"
+            gone = process_gone(record) if status == "running" else None
+            if gone is not None:
+                status, error = "interrupted", {"type": "Interrupted", "message": gone}
+            return cls(
+                dir=rel,
+                status=str(status),
+                overrides=tuple(str(o) for o in record.get("overrides", ())),
+                dataset=record["dataset"]["name"]
+                if completed
+                else config.get("dataset", {}).get("name"),
+                seed=record.get("seed"),
+                per_device=config.get("batch_size", {}).get("per_device"),
+                world_size=record.get("world_size"),
+                global_batch=int(record["batch"]["global"]) if completed else None,
+                accuracy=_accuracy(record["metrics"]["accuracy"]) if completed else {},
+                error=f"{error['type']}: {error['message']}" if error else None,
+                updated_at=record.get("updated_at"),
+                wandb=record.get("wandb"),
+                logger=config.get("logger"),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"not a ue-sweep result ({type(err).__name__}: {err})") from err
+
+
+def _accuracy(accuracy: Mapping[str, Any]) -> dict[str, float]:
+    """Every condition's accuracy; clean and protected first, and required (KeyError)."""
+    return {c: float(accuracy[c]) for c in BASE_CONDITIONS} | {
+        c: float(a) for c, a in accuracy.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -226,18 +249,13 @@ def expected_grid(sweep_dir: Path) -> tuple[list[tuple[str, ...]] | None, str | 
     path = sweep_dir / "multirun.yaml"
     if not path.exists():
         return None, "no multirun.yaml: jobs that never started cannot be listed"
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     hydra_cfg = OmegaConf.load(path).hydra
     sweeper = hydra_cfg.sweeper.get("_target_", "")
     if not sweeper.endswith("BasicSweeper"):
         return None, f"sweeper {sweeper}: its grid is not known, jobs that never started unlisted"
-    params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
-    overrides = OverridesParser.create().parse_overrides([*params, *hydra_cfg.overrides.task])
-    (batch,) = BasicSweeper.split_arguments(overrides, None)
-    return [tuple(plain_override(o) for o in job) for job in batch], None
+    return [tuple(plain_override(o) for o in job) for job in grid_overrides(hydra_cfg)], None
 
 
 def collect(sweep_dir: Path, skip: Path | None = None) -> Report:
@@ -356,17 +374,30 @@ def problems(report: Report) -> list[str]:
     items = []
     for j in report.by_status("failed"):
         items.append(f"- failed: `{j.dir}` ({','.join(j.overrides)}): {j.error}")
+    for j in report.by_status("interrupted"):
+        items.append(f"- interrupted: `{j.dir}` ({','.join(j.overrides)}): {j.error}")
     for j in report.by_status("running"):
         items.append(
             f"- missing: `{j.dir}` ({','.join(j.overrides)}): status running since "
             f"{j.updated_at}, never completed (still running, or killed)"
         )
     for j in report.jobs:
-        if j.status not in ("completed", "failed", "running"):
-            items.append(f"- incomplete: `{j.dir}`: result file {j.status}: {j.error or ''}")
+        if j.status not in _LISTED:
+            items.append(f"- unreadable: `{j.dir}`: result file {j.status}: {j.error or ''}")
     for overrides in report.incomplete:
         items.append(f"- incomplete: {overrides}: in the sweep's grid, no result file")
     return items
+
+
+def _counts(report: Report) -> str:
+    """The header's count of every kind of job that :func:`problems` lists."""
+    n = {s: len(report.by_status(s)) for s in _LISTED}
+    unreadable = len(report.jobs) - sum(n.values())
+    return (
+        f"{len(report.jobs)} result files: {n['completed']} completed, {n['failed']} failed, "
+        f"{n['interrupted']} interrupted, {n['running']} missing (running, never completed), "
+        f"{unreadable} unreadable; {len(report.incomplete)} grid points without a result file."
+    )
 
 
 def _caption(report: Report) -> str:
@@ -383,15 +414,7 @@ def _caption(report: Report) -> str:
 
 
 def markdown_report(report: Report, figures: Sequence[str]) -> str:
-    counts = {s: len(report.by_status(s)) for s in ("completed", "failed", "running")}
-    lines = [
-        f"# Sweep report: {report.sweep_dir}",
-        "",
-        f"{len(report.jobs)} result files: {counts['completed']} completed, "
-        f"{counts['failed']} failed, {counts['running']} missing (running, never completed); "
-        f"{len(report.incomplete)} grid points without a result file.",
-        "",
-    ]
+    lines = [f"# Sweep report: {report.sweep_dir}", "", _counts(report), ""]
     if report.rows:
         lines += [_caption(report), "", markdown_table(report), ""]
     else:
@@ -552,7 +575,11 @@ def main(argv: Sequence[str]) -> int:
     if not any(sweep_dir.rglob(RESULT_FILE)) and not (sweep_dir / "multirun.yaml").exists():
         parser.error(f"no {RESULT_FILE} and no multirun.yaml under {sweep_dir}")
     out_dir = args.out or sweep_dir / REPORT_DIR
-    write_report(sweep_dir, out_dir, use_wandb=not args.no_wandb)
+    try:
+        write_report(sweep_dir, out_dir, use_wandb=not args.no_wandb)
+    except OSError as err:
+        print(f"ue-sweep report: cannot write to {out_dir}: {err.strerror or err}", file=sys.stderr)
+        return 2
     print((out_dir / "report.md").read_text(), end="")
     print(f"\nwritten to {out_dir}", file=sys.stderr)
     return 0

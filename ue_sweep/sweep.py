@@ -49,6 +49,17 @@ def _reporting_override(override: str) -> bool:
     )
 
 
+def grid_overrides(hydra_cfg: Any) -> list[list[str]]:
+    """Each job's overrides, as Hydra's basic sweeper splits a multirun's ``hydra`` config."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides([*params, *hydra_cfg.overrides.task])
+    (batch,) = BasicSweeper.split_arguments(overrides, None)
+    return [list(job) for job in batch]
+
+
 def plain_override(override: str) -> str:
     """``batch_size="256"`` -> ``batch_size=256``, for records and run names."""
     return re.sub(r"=([\"'])(\d+)\1$", r"=\2", override)
@@ -79,9 +90,10 @@ class PlannedJob:
 
     def record(self) -> dict[str, Any] | None:
         try:
-            return json.loads((self.job_dir / RESULT_FILE).read_text())
+            record = json.loads((self.job_dir / RESULT_FILE).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
+        return record if isinstance(record, dict) else None
 
     def completed_record(self) -> dict[str, Any] | None:
         """The job's result if an earlier run completed this exact job, else None."""
@@ -103,7 +115,7 @@ class PlannedJob:
 class JobOutcome:
     num: int
     label: str
-    status: str  # completed, skipped, failed, cancelled, preempted, running
+    status: str  # completed, skipped, failed, cancelled, preempted, interrupted, running
     restarts: int = 0
     detail: str = ""
 
@@ -125,7 +137,16 @@ class JobOutcome:
 def format_summary(sweep_dir: str | Path, outcomes: Sequence[JobOutcome]) -> str:
     counts = Counter(o.status for o in outcomes)
     resumed = sum(1 for o in outcomes if o.restarts)
-    order = ("completed", "skipped", "failed", "cancelled", "preempted", "running", "missing")
+    order = (
+        "completed",
+        "skipped",
+        "failed",
+        "cancelled",
+        "preempted",
+        "interrupted",
+        "running",
+        "missing",
+    )
     parts = [f"{counts[s]} {s}" for s in order if counts[s]]
     lines = [
         f"sweep {sweep_dir}: {len(outcomes)} jobs: "

@@ -71,6 +71,23 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
+def process_gone(record: dict[str, Any]) -> str | None:
+    """Why a ``running`` record's job cannot still be running, or None if it may be.
+
+    Only a process on this host can be looked up; elsewhere a job may well be alive.
+    """
+    pid, host = record.get("pid"), record.get("host")
+    if not isinstance(pid, int) or pid <= 0 or host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"process {pid} on {host} is gone without recording an end (killed)"
+    except PermissionError:
+        return None
+    return None
+
+
 @dataclass
 class ResultRecorder:
     """Writes ``result.json`` in a job directory: running, then completed, failed or preempted."""
@@ -86,6 +103,7 @@ class ResultRecorder:
             "seed": config.get("seed"),
             "versions": versions(),
             "host": socket.gethostname(),
+            "pid": os.getpid(),
             "job_dir": str(job_dir),
             "started_at": now(),
         }
@@ -109,6 +127,9 @@ class ResultRecorder:
     def preempted(self, stop: BaseException) -> dict[str, Any]:
         return self._write("preempted", preemption={"message": str(stop)})
 
+    def interrupted(self, stop: BaseException) -> dict[str, Any]:
+        return self._write("interrupted", error={"type": "Interrupted", "message": str(stop)})
+
     def failed(self, error: BaseException) -> dict[str, Any]:
         return self._write(
             "failed",
@@ -120,7 +141,9 @@ class ResultRecorder:
         )
 
     def read(self) -> dict[str, Any] | None:
+        """The job's record; None if there is none or it is no record (truncated, edited)."""
         try:
-            return json.loads(self.path.read_text())
-        except FileNotFoundError:
+            record = json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
             return None
+        return record if isinstance(record, dict) else None

@@ -56,11 +56,14 @@ def _module(cfg: DatasetConfig) -> ModuleType:
     return importlib.import_module(_DATASETS[cfg.name].module)
 
 
-def check_dataset(cfg: DatasetConfig, paths: PathsConfig, surrogate: SurrogateConfig) -> None:
+def check_dataset(
+    cfg: DatasetConfig, paths: PathsConfig, surrogate: SurrogateConfig, files: bool = True
+) -> None:
     """Fail before any compute on rules between dataset fields, or files that are missing.
 
-    Single values are checked by their declared choices; files only when they are not about to
-    be downloaded (``dataset.download``). Reading and decoding happen in :func:`load_dataset`.
+    Single values are checked by their declared choices; files (unless ``files=False``) only
+    when they are not about to be downloaded (``dataset.download``). Reading and decoding happen
+    in :func:`load_dataset`.
     """
     if cfg.name == "medmnist":
         from ue_sweep.data import medmnist2d
@@ -91,7 +94,7 @@ def check_dataset(cfg: DatasetConfig, paths: PathsConfig, surrogate: SurrogateCo
         raise ConfigError(
             "dataset.eval_split", "val", f"test: {cfg.name} has no official val split"
         )
-    if not cfg.download:
+    if files and not cfg.download:
         _module(cfg).check(cfg, paths)
 
 

@@ -42,6 +42,14 @@ class DatasetFiles:
     def require(self, path: Path, what: str, *, delete: Path | None = None) -> Path:
         """``path`` if it exists, else a MissingFileError; ``delete`` what the fetch would skip."""
         if not path.exists():
+            blocker = next((p for p in path.parents if p.exists()), None)
+            if blocker is not None and not blocker.is_dir():
+                raise MissingFileError(
+                    f"{self.title} {what}",
+                    path,
+                    "point dataset.root (or paths.data_dir) at a directory",
+                    problem=f"cannot exist: {blocker} is a file, not a directory",
+                )
             raise MissingFileError(f"{self.title} {what}", path, self._fix(delete))
         return path
 

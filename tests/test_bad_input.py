@@ -1,0 +1,122 @@
+"""Bad command lines: one line, exit 2, nothing trained, and a completed job's files untouched.
+
+Every case runs the real ``ue-sweep`` command. Cases marked ``done`` aim the bad input at the
+directory of a job that completed (as ``hydra.run.dir`` or, in a multirun, as job 0 of a re-used
+``UE_SWEEP_NAME`` sweep); the sweep directory must be byte-identical afterwards. The others use a
+fresh directory, which must not be created. docs/BAD_INPUT.md lists every case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SMOKE, run_cli
+
+SWEEP = "reused"  # UE_SWEEP_NAME of the completed job's sweep
+DONE = f"multirun/{SWEEP}/0"
+
+# (id, item of issue 11, arguments, text the one line holds, aimed at the completed job)
+CASES = [
+    # 1: a rejected or different config aimed at a completed job is refused, naming the directory
+    ("rejected-value-at-done", 1, ["clusters.k=1"], f"refusing to overwrite {DONE}", True),
+    ("data-rejected-at-done", 1, ["clusters.k=5000"], f"refusing to overwrite {DONE}", True),
+    ("other-valid-config-at-done", 1, ["seed=1"], f"refusing to overwrite {DONE}", True),
+    ("reused-sweep-bad-value", 1, ["-m", "clusters.k=1,3"], f"overwrite {DONE}", True),
+    ("reused-sweep-other-config", 1, ["-m", "seed=5,6"], f"refusing to overwrite {DONE}", True),
+    # 2: keys outside the schema, + or not, with the nearest key
+    ("typo-key", 2, ["clusters.kk=5"], "clusters.kk=5 is not accepted; expected a known key", True),
+    ("typo-key-plus", 2, ["+clusters.kk=5"], "did you mean clusters.k?", True),
+    ("typo-key-plusplus", 2, ["++clusters.kk=5"], "did you mean clusters.k?", True),
+    ("typo-nested-key", 2, ["generator.epoch=3"], "did you mean generator.epochs?", True),
+    ("unknown-top-key", 2, ["+foo=1"], "foo=1 is not accepted; expected a known key", True),
+    ("typo-key-in-sweep", 2, ["-m", "clusters.kk=2,3"], "did you mean clusters.k?", False),
+    # 3: values that used to start compute
+    ("huge-batch", 3, [f"batch_size.per_device={10**20}"], "<= 2147483647", False),
+    ("checkpoint-with-fit", 3, ["surrogate.checkpoint=nope.pt"], "surrogate.weights=path", False),
+    ("huge-batch-at-done", 3, [f"batch_size.per_device={10**20}"], "refusing to overwrite", True),
+    # 6: user errors that used to be tracebacks
+    ("division-by-zero", 6, ["generator.eps=${div:16,0}"], "division by zero", True),
+    ("run-dir-in-proc", 6, ["hydra.run.dir=/proc/ue-sweep"], "/proc/ue-sweep", False),
+    ("run-dir-under-file", 6, ["hydra.run.dir={file}/job"], "is not a directory", False),
+    # 7: every config error, Hydra's own too, is one line with exit status 2
+    (
+        "wrong-type-int",
+        7,
+        ["clusters.k=abc"],
+        "clusters.k='abc' is not accepted; expected an integer",
+        True,
+    ),
+    ("wrong-type-float", 7, ["generator.eps=abc"], "expected a number", True),
+    ("wrong-type-bool", 7, ["save_protected=maybe"], "expected true or false", True),
+    (
+        "unknown-option",
+        7,
+        ["clusters=77"],
+        "clusters='77' is not accepted; expected one of: 2, 3,",
+        True,
+    ),
+    ("unknown-dataset", 7, ["dataset=imagenet"], "one of: bloodmnist, cifar10, digits", True),
+    ("unknown-launcher", 7, ["hydra/launcher=nope"], "one of: basic, inline, local", True),
+    ("unknown-option-in-sweep", 7, ["-m", "clusters=5,77"], "clusters='77' is not", False),
+    ("override-syntax", 7, ["clusters.k=[1"], "config error: ", True),
+    (
+        "out-of-range",
+        7,
+        ["clusters.k=1"],
+        "clusters.k=1 is not accepted; expected an integer >= 2",
+        False,
+    ),
+    ("out-of-range-in-sweep", 7, ["-m", "clusters.k=2,1"], "clusters.k=1 is not accepted", False),
+    # 8: a dataset root that is a regular file
+    (
+        "dataset-root-is-file",
+        8,
+        ["dataset=pathmnist", "dataset.root={file}"],
+        "is a file, not a directory",
+        False,
+    ),
+]
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A directory holding one completed smoke job as job 0 of the sweep ``reused``."""
+    root = tmp_path_factory.mktemp("bad-input")
+    proc = run_cli([*SMOKE, "trainer.progress=none", f"hydra.run.dir={DONE}"], cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (root / "a-file").write_text("not a directory\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("item", "args", "expected", "at_done"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_bad_input_is_one_line_exit_2_and_loses_nothing(workdir, item, args, expected, at_done):
+    args = [a.replace("{file}", str(workdir / "a-file")) for a in args]
+    before = _tree(workdir / "multirun")
+    where = (
+        []
+        if "-m" in args or any(a.startswith("hydra.run.dir") for a in args)
+        else ([f"hydra.run.dir={DONE}"] if at_done else ["hydra.run.dir=fresh"])
+    )
+    env = {"UE_SWEEP_NAME": SWEEP if at_done else "fresh-sweep"}
+    proc = run_cli([*args, *SMOKE, *where], cwd=workdir, timeout=120, **env)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert "surrogate" not in proc.stdout and "k-means" not in proc.stdout, "nothing trains"
+    assert _tree(workdir / "multirun") == before, "the completed job's files are untouched"
+    assert not (workdir / "fresh").exists() and not (workdir / "multirun" / "fresh-sweep").exists()
