@@ -21,8 +21,9 @@ _LOCAL_SIZE):
   and exits 255 for an unknown id, and forgets a finished job ``LSF_EMULATOR_CLEAN_PERIOD``
   seconds after its end (LSF's CLEAN_PERIOD; never by default);
 - ``bhist -l`` tells how a job ended, unless ``LSF_EMULATOR_NO_HISTORY=1`` (event log rotated);
-- ``bkill`` and ``brequeue`` act on ``id`` or ``id[index]``; ``brequeue`` is refused in tasks
-  (``LSF_EMULATOR_COMPUTE_NODE``), as on sites that allow no LSF commands on compute nodes;
+- ``bkill [-s SIG]`` and ``brequeue`` act on ``id`` or ``id[index]``; ``brequeue`` is refused
+  in tasks (``LSF_EMULATOR_COMPUTE_NODE``), as on sites that allow no LSF commands on compute
+  nodes;
 - ``jsrun -n N -a 1 -c C -g G -r R -b packed:C [--smpiargs=...] cmd`` starts N tasks with JSM
   variables (GPU resource sets see their one GPU as device 0) and forwards signals; ``blaunch -z
   host cmd`` runs cmd locally. Neither binds CPUs.
@@ -460,7 +461,18 @@ def _signal_elements(argv: list[str], action: str, **flags: Any) -> None:
 
 
 def bkill(argv: list[str]) -> None:
-    _signal_elements(argv, "terminated", killed=True)
+    """``bkill ref`` ends the elements; ``bkill -s SIG ref`` only signals the running ones."""
+    if argv[:1] != ["-s"]:
+        _signal_elements(argv, "terminated", killed=True)
+        return
+    signum = getattr(signal, f"SIG{argv[1]}")
+    for job_id, only in _refs(argv[2:]):
+        for index, element in load(job_id)["elements"].items():
+            if (only is None or int(index) == only) and element["stat"] == "RUN":
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(element["pgid"], signum)
+                ref = f"{job_id}[{index}]" if index != "0" else str(job_id)
+                print(f"Job <{ref}> is being signaled")
 
 
 def brequeue(argv: list[str]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from submitit_lsf.executor import LSFJob
 from submitit_lsf.script import make_bsub_script
 from submitit_lsf.watcher import LSFInfoWatcher
 from tests import lsf_emulator
-from tests.conftest import SMOKE, read_results, run_cli
+from tests.conftest import SMOKE, read_results, run_cli, ue_sweep_env
 from ue_sweep.config import TrainerConfig
 from ue_sweep.distributed import DistEnv, DistributedSetupError, cpu_threads, env_from_launcher
 
@@ -393,32 +395,32 @@ def test_a_ue_sweep_grid_of_two_task_ddp_jobs_runs_through_lsf(lsf):
 
 
 @pytest.mark.slow
-def test_walltime_warning_checkpoints_and_requeues_and_the_job_finishes(lsf):
-    # One emulated minute lasts 2 s: -W 20 with -wt 10 warns after 20 s of a run, while the
-    # 32 generator epochs take about 25 s on an idle machine. Each run gets further, so the job
-    # completes after one requeue, or after many on a loaded machine (a run then gets through
-    # as little as two epochs), hence the generous timeout. Rank 0 leaves the requeue marker
-    # and the job shell calls brequeue (the emulator refuses it inside tasks).
-    proc = run_cli(
-        [
-            "-m",
-            *LSF_SWEEP,
-            "hydra.launcher.timeout_min=20",
-            "hydra.launcher.warning_time_min=10",
-            *SMOKE,
-            "generator.epochs=32",
-            "hydra.sweep.dir=sweep",
-        ],
+def test_the_warning_signal_checkpoints_and_requeues_and_the_job_finishes(lsf):
+    # The warning LSF sends at -wt before the run limit, sent here with bkill -s once the first
+    # generator epoch is checkpointed, so that the test does not depend on the machine's speed;
+    # 31 epochs remain to be interrupted. Rank 0 leaves the requeue marker and the job shell
+    # calls brequeue (the emulator refuses it inside tasks).
+    args = ["-m", *LSF_SWEEP, *SMOKE, "generator.epochs=32", "hydra.sweep.dir=sweep"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ue_sweep", *args],
         cwd=lsf,
-        timeout=1200,
-        LSF_EMULATOR_MINUTE="2",
+        env=ue_sweep_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    checkpoint = lsf / "sweep" / "0" / "checkpoints" / "generators.pt"
+    while not checkpoint.exists():
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.2)
+    subprocess.run(["bkill", "-s", "USR2", "1000"], check=True)
+    output = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, output[-3000:]
     (record,) = read_results(lsf / "sweep")
-    assert record["status"] == "completed" and record["restarts"] >= 1
+    assert record["status"] == "completed" and record["restarts"] == 1
     (job,) = [json.loads(p.read_text()) for p in (lsf / "lsf-state").glob("job_*.json")]
-    assert job["elements"]["0"]["runs"] == record["restarts"] + 1, "requeued by brequeue"
-    assert f"resumed {record['restarts']}x" in proc.stdout + proc.stderr
+    assert job["elements"]["0"]["runs"] == 2, "requeued by brequeue"
+    assert "resumed 1x" in output
 
 
 def test_the_summit_preset_refuses_to_submit_without_a_project(lsf):
