@@ -307,8 +307,10 @@ def test_zombi_and_prov_elements_are_not_finished(lsf):
         time.sleep(0.2)
     for stat, state in (("ZOMBI", "UNKNOWN"), ("PROV", "PENDING")):
         lsf_emulator.set_state(int(job.job_id), 0, stat)
-        assert job.watcher.get_state(job.job_id, mode="force") == state
-        assert not job.done(force_check=True)
+        job.watcher.update()  # not mode="force": submitit skips it within 1 ms of the last call
+        info = job.watcher.get_info(job.job_id, mode="cache")
+        assert (info["LSFState"], info["State"]) == (stat, state)
+        assert not job.watcher.is_done(job.job_id, mode="cache")
     job.cancel()
 
 
@@ -400,7 +402,9 @@ def test_the_warning_signal_checkpoints_and_requeues_and_the_job_finishes(lsf):
     # generator epoch is checkpointed, so that the test does not depend on the machine's speed;
     # 31 epochs remain to be interrupted. Rank 0 leaves the requeue marker and the job shell
     # calls brequeue (the emulator refuses it inside tasks).
-    args = ["-m", *LSF_SWEEP, *SMOKE, "generator.epochs=32", "hydra.sweep.dir=sweep"]
+    # a run limit far beyond the test, so that -wa never warns on its own
+    walltime = ["hydra.launcher.timeout_min=6000"]
+    args = ["-m", *LSF_SWEEP, *walltime, *SMOKE, "generator.epochs=32", "hydra.sweep.dir=sweep"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "ue_sweep", *args],
         cwd=lsf,
