@@ -442,7 +442,7 @@ def _signal_elements(argv: list[str], action: str, **flags: Any) -> None:
             if only is not None and int(index) != only:
                 continue
             update(job_id, int(index), **flags)
-            if element["stat"] == "RUN" and element["pgid"]:
+            if element["stat"] not in ("PEND", "DONE", "EXIT") and element["pgid"]:  # started
                 subprocess.Popen(
                     [
                         sys.executable,
