@@ -1,19 +1,32 @@
 """A small LSF emulator for tests: no open LSF exists in the package registries.
 
 This is a TEST DOUBLE, not LSF. It implements what ue-sweep's LSF backend uses, in the formats of
-IBM Spectrum LSF 10.1 (bsub, bjobs -o, bkill, brequeue; job environment variables LSB_JOBID,
-LSB_JOBINDEX, LSB_DJOB_HOSTFILE, LSB_HOSTS) and of IBM Job Step Manager's jsrun (resource sets,
-JSM_NAMESPACE_RANK / _LOCAL_RANK / _SIZE / _LOCAL_SIZE):
+IBM Spectrum LSF 10.1 (bsub, bjobs -o, bhist -l, bkill, brequeue; job environment variables
+LSB_JOBID, LSB_JOBINDEX, LSB_DJOB_HOSTFILE, LSB_HOSTS; the job report appended to the -o file)
+and of IBM Job Step Manager's jsrun (resource sets, JSM_NAMESPACE_RANK / _LOCAL_RANK / _SIZE /
+_LOCAL_SIZE):
 
 - ``bsub`` reads the job script from stdin, parses its ``#BSUB`` lines (unknown options are an
-  error, as in LSF), prints ``Job <id> is submitted to queue <q>.`` and starts a detached runner;
-- the runner runs each job (array element) as ``bash script`` with LSF's variables, a host file
-  whose first line is the ``batch1`` launch node, honours ``-W`` and ``-wa/-wt`` (one emulated
-  minute lasts ``LSF_EMULATOR_MINUTE`` seconds) and the array's ``%P`` limit;
-- ``bjobs -a -noheader -o "jobid jobindex stat exit_code delimiter='|'"`` answers per element;
-- ``bkill`` and ``brequeue`` act on ``id`` or ``id[index]``;
-- ``jsrun -n N -a 1 -c C -g G -r R cmd`` starts N tasks with JSM variables (GPU resource sets
-  see their one GPU as device 0) and forwards signals; ``blaunch -z host cmd`` runs cmd locally.
+  error, as in LSF; arrays over ``LSF_EMULATOR_MAX_ARRAY_SIZE``, default 1000, are refused),
+  prints ``Job <id> is submitted to queue <q>.`` and starts a detached runner;
+- the runner runs each job (array element) as ``bash script`` with LSF's variables and a host
+  file: with ``-nnodes`` (IBM CSM) its first line is the launch node that runs the job shell
+  (``batch1``, or ``LSF_EMULATOR_LAUNCH_HOST``; the job shell's ``hostname`` prints that name),
+  with ``-n``/``span[ptile]`` (plain LSF) it lists ``ptile`` slots per compute host and the job
+  shell runs on the first. It honours ``-W`` and ``-wa/-wt`` (one emulated minute lasts
+  ``LSF_EMULATOR_MINUTE`` seconds) and the array's ``%P`` limit, and appends LSF's job report
+  (``Successfully completed.`` / ``TERM_...`` / ``Exited with exit code N.``) to the -o file;
+- ``bjobs -a -noheader -o "jobid jobindex stat exit_code delimiter='|'"`` answers per element,
+  with ``id[index]`` ids when ``LSB_BJOBS_DISPLAY_ENH=Y``; it prints ``Job <id> is not found``
+  and exits 255 for an unknown id, and forgets a finished job ``LSF_EMULATOR_CLEAN_PERIOD``
+  seconds after its end (LSF's CLEAN_PERIOD; never by default);
+- ``bhist -l`` tells how a job ended, unless ``LSF_EMULATOR_NO_HISTORY=1`` (event log rotated);
+- ``bkill [-s SIG]`` and ``brequeue`` act on ``id`` or ``id[index]``; ``brequeue`` is refused
+  in tasks (``LSF_EMULATOR_COMPUTE_NODE``), as on sites that allow no LSF commands on compute
+  nodes;
+- ``jsrun -n N -a 1 -c C -g G -r R -b packed:C [--smpiargs=...] cmd`` starts N tasks with JSM
+  variables (GPU resource sets see their one GPU as device 0) and forwards signals; ``blaunch -z
+  host cmd`` runs cmd locally. Neither binds CPUs.
 
 Emulated compute hosts are named 127.0.0.N, which resolve to this machine. State lives in
 ``$LSF_EMULATOR_STATE``; run ``python -m tests.lsf_emulator install BIN_DIR`` to get the commands.
@@ -35,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-COMMANDS = ("bsub", "bjobs", "bkill", "brequeue", "jsrun", "blaunch")
+COMMANDS = ("bsub", "bjobs", "bhist", "bkill", "brequeue", "jsrun", "blaunch")
 # bsub options the emulator understands, and whether they take a value.
 BSUB_OPTIONS = {
     "-J": True,
@@ -113,7 +126,11 @@ def parse_bsub(script: str) -> dict[str, Any]:
             flag = words.pop(0)
             if flag not in BSUB_OPTIONS:
                 raise SystemExit(f"{flag}: Illegal option")
-            options[flag] = words.pop(0) if BSUB_OPTIONS[flag] else True
+            value = words.pop(0) if BSUB_OPTIONS[flag] else True
+            if flag == "-R":  # may be given several times; LSF merges them
+                options.setdefault(flag, []).append(value)
+            else:
+                options[flag] = value
     if "-W" not in options or not re.fullmatch(r"(\d+:)?\d+", options["-W"]):
         raise SystemExit("-W: a run limit of [hour:]minute is required")
     return options
@@ -128,6 +145,8 @@ def bsub(argv: list[str]) -> None:
         name = array["name"]
         indices = list(range(int(array["lo"]), int(array["hi"]) + 1))
         limit = int(array["limit"]) if array["limit"] else None
+        if len(indices) > int(os.environ.get("LSF_EMULATOR_MAX_ARRAY_SIZE", "1000")):
+            raise SystemExit(f"{options['-J']}: Job array size exceeds MAX_JOB_ARRAY_SIZE")
     with locked():
         counter = state_dir() / "next_id"
         job_id = int(counter.read_text()) if counter.exists() else 1000
@@ -143,6 +162,7 @@ def bsub(argv: list[str]) -> None:
                 "options": options,
                 "walltime_min": int(hours or 0) * 60 + int(minutes),
                 "limit": limit,
+                "launch_host": os.environ.get("LSF_EMULATOR_LAUNCH_HOST", "batch1"),
                 "cwd": os.getcwd(),
                 "elements": {
                     str(i): {
@@ -169,19 +189,44 @@ def bsub(argv: list[str]) -> None:
 # ------------------------------------------------------------------------------------ the runner
 
 
-def _hosts(job: dict[str, Any]) -> list[str]:
-    nodes = int(job["options"].get("-nnodes", 1))
-    return [f"127.0.0.{n + 1}" for n in range(nodes)]
+def _slots(job: dict[str, Any]) -> list[str]:
+    """The host file's slots: under -nnodes the launch node, then the nodes' cores; under -n,
+    ptile slots on each compute host."""
+    options = job["options"]
+    if "-nnodes" in options:
+        nodes = [f"127.0.0.{n + 1}" for n in range(int(options["-nnodes"]))]
+        return [job["launch_host"]] + [h for h in nodes for _ in range(CORES_PER_HOST)]
+    total = int(options.get("-n", 1))
+    spans = [m[1] for r in options.get("-R", []) for m in re.finditer(r"span\[ptile=(\d+)\]", r)]
+    ptile = int(spans[0]) if spans else total
+    return [f"127.0.0.{slot // ptile + 1}" for slot in range(total)]
+
+
+def _job_shell_path(job: dict[str, Any]) -> str:
+    """PATH for the job shell: under CSM it runs on the launch node, whose name `hostname` says."""
+    if "-nnodes" not in job["options"]:
+        return os.environ["PATH"]
+    shim = state_dir() / f"launch_{job['id']}"
+    shim.mkdir(exist_ok=True)
+    (shim / "hostname").write_text(f"#!/bin/sh\necho {shlex.quote(job['launch_host'])}\n")
+    (shim / "hostname").chmod(0o755)
+    return f"{shim}{os.pathsep}{os.environ['PATH']}"
+
+
+def _log_path(job: dict[str, Any], flag: str, index: int) -> str | None:
+    if flag not in job["options"]:
+        return None
+    return job["options"][flag].replace("%J", str(job["id"])).replace("%I", str(index))
 
 
 def _start(job: dict[str, Any], index: int) -> subprocess.Popen[bytes]:
     options, job_id = job["options"], job["id"]
-    hosts = _hosts(job)
     hostfile = state_dir() / f"hosts_{job_id}_{index}"
-    slots = ["batch1"] + [h for h in hosts for _ in range(CORES_PER_HOST)]
+    slots = _slots(job)
     hostfile.write_text("\n".join(slots) + "\n")
     env = dict(
         os.environ,
+        PATH=_job_shell_path(job),
         LSB_JOBID=str(job_id),
         LSB_JOBINDEX=str(index),
         LSB_JOBNAME=job["name"] + (f"[{index}]" if index else ""),
@@ -191,10 +236,8 @@ def _start(job: dict[str, Any], index: int) -> subprocess.Popen[bytes]:
     )
 
     def output(flag: str) -> Any:
-        if flag not in options:
-            return subprocess.DEVNULL
-        path = options[flag].replace("%J", str(job_id)).replace("%I", str(index))
-        return open(path, "ab")
+        path = _log_path(job, flag, index)
+        return subprocess.DEVNULL if path is None else open(path, "ab")
 
     stdout = output("-o")
     stderr = output("-e") if "-e" in options else subprocess.STDOUT
@@ -207,6 +250,43 @@ def _start(job: dict[str, Any], index: int) -> subprocess.Popen[bytes]:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+# The termination reasons the emulator produces, with the text LSF writes after the keyword.
+REASON_TEXT = {
+    "TERM_OWNER": "job killed by owner.",
+    "TERM_RUNLIMIT": "job killed after reaching LSF run time limit.",
+}
+
+
+def _finish(job: dict[str, Any], index: int, code: int | None, reason: str | None) -> None:
+    """Record the element's end, its bhist events, and append the job report to its -o file."""
+    ref = f"{job['id']}[{index}]" if index else str(job["id"])
+    if code is None:
+        ending, report = "Done successfully.", "Successfully completed."
+    else:
+        ending = f"Exited with exit code {code}."
+        report = ending if reason is None else f"{reason}: {REASON_TEXT[reason]}\n{ending}"
+        if reason is not None:
+            ending += f" Completed <exit>; {reason}: {REASON_TEXT[reason]}"
+    update(
+        job["id"],
+        index,
+        stat="DONE" if code is None else "EXIT",
+        exit_code=code,
+        ended=time.time(),
+        history=f"{time.ctime()}: {ending}",
+    )
+    path = _log_path(job, "-o", index)
+    if path is not None:
+        with open(path, "a") as log:
+            log.write(
+                f"\n------------------------------------------------------------\n"
+                f"Sender: LSF System <lsfadmin@127.0.0.1>\n"
+                f"Subject: Job {ref}: <{job['name']}> in cluster <emulated> "
+                f"{'Done' if code is None else 'Exited'}\n\n{report}\n\n"
+                "Resource usage summary:\n\n    CPU time :   0.00 sec.\n"
+            )
 
 
 def _supervise(job: dict[str, Any], index: int) -> None:
@@ -236,16 +316,11 @@ def _supervise(job: dict[str, Any], index: int) -> None:
             continue
         code = proc.returncode
         if element.get("killed"):
-            update(job["id"], index, stat="EXIT", exit_code=130)
+            _finish(job, index, 130, "TERM_OWNER")
         elif killed_by_limit:
-            update(job["id"], index, stat="EXIT", exit_code=140)
+            _finish(job, index, 140, "TERM_RUNLIMIT")
         else:
-            update(
-                job["id"],
-                index,
-                stat="DONE" if code == 0 else "EXIT",
-                exit_code=None if code == 0 else code % 256,
-            )
+            _finish(job, index, None if code == 0 else code % 256, None)
         return
 
 
@@ -302,16 +377,19 @@ def bjobs(argv: list[str]) -> None:
         raise SystemExit(f"bjobs -o: unknown fields {sorted(set(fields) - BJOBS_FIELDS)}")
     if header:
         print(match["delim"].join(f.upper() for f in fields))
+    enhanced = os.environ.get("LSB_BJOBS_DISPLAY_ENH", "").upper() == "Y"
+    status = 0
     for job_id, only in _refs(refs):
-        if not job_file(job_id).exists():
+        if not job_file(job_id).exists() or _forgotten(load(job_id)):
             print(f"Job <{job_id}> is not found", file=sys.stderr)
+            status = 255
             continue
         job = load(job_id)
         for index, element in job["elements"].items():
             if only is not None and int(index) != only:
                 continue
             values = {
-                "jobid": job_id,
+                "jobid": f"{job_id}[{index}]" if enhanced and index != "0" else job_id,
                 "jobindex": index,
                 "stat": element["stat"],
                 "exit_code": "-" if element["exit_code"] is None else element["exit_code"],
@@ -319,6 +397,41 @@ def bjobs(argv: list[str]) -> None:
                 "queue": job["options"].get("-q", "normal"),
             }
             print(match["delim"].join(str(values[f]) for f in fields))
+    sys.exit(status)
+
+
+def _forgotten(job: dict[str, Any]) -> bool:
+    """Past CLEAN_PERIOD after its last element ended, LSF no longer lists a job."""
+    period = os.environ.get("LSF_EMULATOR_CLEAN_PERIOD")
+    ends = [element.get("ended") for element in job["elements"].values()]
+    if period is None or None in ends:
+        return False
+    return time.time() - max(ends) >= float(period)
+
+
+def bhist(argv: list[str]) -> None:
+    """``bhist -l [-n N] ref``: how each element ended, from the emulated event log."""
+    refs = [a for a in argv if re.fullmatch(r"\d+(\[\d+\])?", a)]
+    if os.environ.get("LSF_EMULATOR_NO_HISTORY") == "1":
+        print("No matching job found", file=sys.stderr)
+        sys.exit(255)
+    for job_id, only in _refs(refs):
+        if not job_file(job_id).exists():
+            print("No matching job found", file=sys.stderr)
+            continue
+        job = load(job_id)
+        for index, element in job["elements"].items():
+            if only is not None and int(index) != only:
+                continue
+            ref = f"{job_id}[{index}]" if index != "0" else str(job_id)
+            print(f"Job <{ref}>, Job Name <{job['name']}>, User <emulated>, Project <default>")
+            if element.get("history"):
+                print(element["history"])
+
+
+def set_state(job_id: int, index: int, stat: str) -> None:
+    """Put an element in a state the emulator does not reach by itself (ZOMBI, PROV, POST_*)."""
+    update(job_id, index, stat=stat)
 
 
 def _signal_elements(argv: list[str], action: str, **flags: Any) -> None:
@@ -329,7 +442,7 @@ def _signal_elements(argv: list[str], action: str, **flags: Any) -> None:
             if only is not None and int(index) != only:
                 continue
             update(job_id, int(index), **flags)
-            if element["stat"] == "RUN" and element["pgid"]:
+            if element["stat"] not in ("PEND", "DONE", "EXIT") and element["pgid"]:  # started
                 subprocess.Popen(
                     [
                         sys.executable,
@@ -343,14 +456,28 @@ def _signal_elements(argv: list[str], action: str, **flags: Any) -> None:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
-            print(f"Job <{job_id}[{index}]> is being {action}")
+            ref = f"{job_id}[{index}]" if index != "0" else str(job_id)
+            print(f"Job <{ref}> is being {action}")
 
 
 def bkill(argv: list[str]) -> None:
-    _signal_elements(argv, "terminated", killed=True)
+    """``bkill ref`` ends the elements; ``bkill -s SIG ref`` only signals the running ones."""
+    if argv[:1] != ["-s"]:
+        _signal_elements(argv, "terminated", killed=True)
+        return
+    signum = getattr(signal, f"SIG{argv[1]}")
+    for job_id, only in _refs(argv[2:]):
+        for index, element in load(job_id)["elements"].items():
+            if (only is None or int(index) == only) and element["stat"] == "RUN":
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(element["pgid"], signum)
+                ref = f"{job_id}[{index}]" if index != "0" else str(job_id)
+                print(f"Job <{ref}> is being signaled")
 
 
 def brequeue(argv: list[str]) -> None:
+    if os.environ.get("LSF_EMULATOR_COMPUTE_NODE"):
+        raise SystemExit("brequeue: LSF commands are not allowed on compute nodes")
     _signal_elements(argv, "requeued", requeue=True)
 
 
@@ -364,6 +491,7 @@ def jsrun(argv: list[str]) -> None:
         "-c": "cpu_per_rs",
         "-g": "gpu_per_rs",
         "-r": "rs_per_host",
+        "-b": "bind",
     }
     opts: dict[str, str] = {}
     args = list(argv)
@@ -378,6 +506,9 @@ def jsrun(argv: list[str]) -> None:
             raise SystemExit(f"jsrun: unknown option {flag}")
     if opts.get("tasks_per_rs", "1") != "1":
         raise SystemExit("emulator: one task per resource set only")
+    bind = opts.get("bind", "packed:1")
+    if not re.fullmatch(r"packed:\d+|rs|none", bind):
+        raise SystemExit(f"jsrun: invalid binding {bind}")
     total, per_host = int(opts["nrs"]), int(opts.get("rs_per_host", opts["nrs"]))
     procs = []
     for rank in range(total):
@@ -387,6 +518,7 @@ def jsrun(argv: list[str]) -> None:
             JSM_NAMESPACE_LOCAL_RANK=str(rank % per_host),
             JSM_NAMESPACE_SIZE=str(total),
             JSM_NAMESPACE_LOCAL_SIZE=str(per_host),
+            LSF_EMULATOR_COMPUTE_NODE="1",
         )
         if int(opts.get("gpu_per_rs", "0")):
             env["CUDA_VISIBLE_DEVICES"] = "0"  # the resource set's own GPU, renumbered
@@ -405,6 +537,7 @@ def jsrun(argv: list[str]) -> None:
 def blaunch(argv: list[str]) -> None:
     if argv[:1] != ["-z"]:
         raise SystemExit("emulator: only blaunch -z HOST COMMAND")
+    os.environ["LSF_EMULATOR_COMPUTE_NODE"] = "1"
     os.execvp(argv[2], argv[2:])
 
 
@@ -434,6 +567,7 @@ if __name__ == "__main__":
         {
             "bsub": bsub,
             "bjobs": bjobs,
+            "bhist": bhist,
             "bkill": bkill,
             "brequeue": brequeue,
             "jsrun": jsrun,

@@ -65,15 +65,35 @@ def env_from_launcher(environ: Mapping[str, str] | None = None) -> DistEnv | Non
     if job is None:
         return None
     nodes = max(1, job.num_nodes)
+    master = "127.0.0.1" if nodes == 1 else job.hostnames[0]
+    if job.name() == "lsf" and job.global_rank == 0 and nodes > 1:
+        _check_master_is_here(master, job.hostname)
     return DistEnv(
         rank=job.global_rank,
         local_rank=job.local_rank,
         world_size=job.num_tasks,
         local_world_size=max(1, job.num_tasks // nodes),
-        master_addr="127.0.0.1" if nodes == 1 else job.hostnames[0],
+        master_addr=master,
         master_port=_job_port(job.job_id, environ),
         launcher=job.name(),
     )
+
+
+def _check_master_is_here(master: str, hostname: str) -> None:
+    """Rank 0 hosts the rendezvous, so the master address must be one of its own.
+
+    LSF's host file may start with a launch node (IBM CSM); taken for a compute host, it would
+    show up only as every rank timing out after ``trainer.timeout_s``.
+    """
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((master, 0))
+    except OSError as err:
+        raise DistributedSetupError(
+            f"rank 0 runs on {hostname}, but the master address {master} (the job's first "
+            f"compute host) is not an address of this host ({err}); the scheduler's host list "
+            "probably starts with a launch node that was not recognised"
+        ) from err
 
 
 def _torch_env(environ: Mapping[str, str]) -> DistEnv:
@@ -207,18 +227,22 @@ class Runtime:
 def cpu_threads(
     trainer: TrainerConfig, env: DistEnv, environ: Mapping[str, str] = os.environ
 ) -> int:
-    """Threads per process: ``trainer.threads``, else SLURM's ``--cpus-per-task``, else an even
-    share of the cores this process may run on.
+    """Threads per process: ``trainer.threads``, else the scheduler's CPUs per task (SLURM's
+    ``--cpus-per-task``, our LSF job script's ``cpus_per_task``), else the cores this process may
+    run on: all of them under jsrun, which binds each task to its own resource set, otherwise
+    an even share among the node's tasks.
 
     SLURM without CPU binding leaves every core in a job's affinity mask; sizing by it would have
     each job of a node-sharing sweep run one thread per core of the node.
     """
     if trainer.threads:
         return trainer.threads
-    if environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        return max(1, int(environ["SLURM_CPUS_PER_TASK"]))
+    for variable in ("SLURM_CPUS_PER_TASK", "UE_LSF_CPUS_PER_TASK"):
+        if environ.get(variable, "").isdigit():
+            return max(1, int(environ[variable]))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // max(1, env.local_world_size))
+    sharing = 1 if "JSM_NAMESPACE_LOCAL_RANK" in environ else max(1, env.local_world_size)
+    return max(1, (cores or 1) // sharing)
 
 
 @contextmanager

@@ -2,15 +2,19 @@
 
 Ranks come from the task launcher: jsrun (``JSM_NAMESPACE_*``), Open MPI's mpirun
 (``OMPI_COMM_WORLD_*``) or the ``blaunch`` loop of our job script (``UE_LSF_*``). Hosts come from
-``LSB_DJOB_HOSTFILE`` (or ``LSB_HOSTS``) without the launch node: on Summit-like machines the
-first entry is the ``batch``/``login`` node that runs the job script, not a compute node.
+``LSB_DJOB_HOSTFILE`` (or ``LSB_HOSTS``) without the launch node: under IBM CSM (Summit) the
+first entry is the node that runs the job shell, not a compute node. Our job script exports that
+node's name as ``UE_LSF_LAUNCH_HOST`` (empty under plain LSF, where the job shell runs on the
+first compute host); for tasks started by other scripts, names starting with ``batch``/``login``
+are taken for launch nodes, as on Summit.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
-import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 from typing import ClassVar
 
 from submitit.core import job_environment, logger
@@ -24,6 +28,22 @@ RANK_VARIABLES = (
 LAUNCH_HOST_PREFIXES = ("batch", "login")
 
 
+def short_name(host: str) -> str:
+    """``h1.site.org`` as ``h1``; an IP address as it is."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host.split(".")[0]
+    return host
+
+
+def _is_launch_host(host: str, environ: Mapping[str, str]) -> bool:
+    if "UE_LSF_LAUNCH_HOST" in environ:
+        launch = environ["UE_LSF_LAUNCH_HOST"]
+        return bool(launch) and short_name(host) == short_name(launch)
+    return host.startswith(LAUNCH_HOST_PREFIXES)
+
+
 def compute_hosts(environ: Mapping[str, str]) -> list[str]:
     """Distinct compute hosts of the job, in allocation order, launch node excluded."""
     hostfile = environ.get("LSB_DJOB_HOSTFILE")
@@ -32,7 +52,7 @@ def compute_hosts(environ: Mapping[str, str]) -> list[str]:
             entries = handle.read().split()
     else:
         entries = environ.get("LSB_HOSTS", "").split()
-    hosts = [h for h in entries if not h.startswith(LAUNCH_HOST_PREFIXES)]
+    hosts = [h for h in entries if not _is_launch_host(h, environ)]
     return list(dict.fromkeys(hosts))
 
 
@@ -93,6 +113,10 @@ class LSFJobEnvironment(job_environment.JobEnvironment):
         return hosts.index(self.hostname) if self.hostname in hosts else 0
 
     def _requeue(self, countdown: int) -> None:
-        ref = lsf_job_ref(self.job_id)
-        subprocess.check_call(["brequeue", ref], timeout=60)
-        logger.get_logger().info(f"Requeued job {ref} ({countdown} remaining timeouts)")
+        """Leave the marker on which the job shell calls ``brequeue`` once every task is done:
+        rank 0 runs on a compute node, where some sites refuse LSF commands."""
+        Path(os.environ["UE_LSF_REQUEUE_MARKER"]).touch()
+        logger.get_logger().info(
+            f"Asked the job shell to requeue job {lsf_job_ref(self.job_id)} "
+            f"({countdown} remaining timeouts)"
+        )

@@ -1,4 +1,4 @@
-"""submitit executor, job and state watcher for LSF."""
+"""submitit executor and job for LSF; the state watcher is in watcher.py."""
 
 from __future__ import annotations
 
@@ -10,69 +10,27 @@ import subprocess
 import sys
 import typing as tp
 import uuid
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
 from submitit.core import core, utils
 
 from submitit_lsf.environment import lsf_job_ref
-from submitit_lsf.script import make_bsub_script
-
-# LSF job states (bjobs STAT) as submitit's SLURM-style states.
-STATES = {
-    "PEND": "PENDING",
-    "WAIT": "PENDING",
-    "PSUSP": "PENDING",
-    "RUN": "RUNNING",
-    "USUSP": "SUSPENDED",
-    "SSUSP": "SUSPENDED",
-    "DONE": "COMPLETED",
-    "EXIT": "FAILED",
-    "ZOMBI": "FAILED",
-    "UNKWN": "UNKNOWN",
-}
-UNFINISHED = {"PENDING", "RUNNING", "SUSPENDED", "UNKNOWN", "REQUEUED"}
-BJOBS_FORMAT = "jobid jobindex stat exit_code delimiter='|'"
-
-
-class LSFInfoWatcher(core.InfoWatcher):
-    """Polls ``bjobs -o`` for every registered job in one call."""
-
-    def _make_command(self) -> list[str] | None:
-        to_check = sorted({job.split("_")[0] for job in self._registered - self._finished})
-        if not to_check:
-            return None
-        return ["bjobs", "-a", "-noheader", "-o", BJOBS_FORMAT, *to_check]
-
-    def get_state(self, job_id: str, mode: str = "standard") -> str:
-        return self.get_info(job_id, mode=mode).get("State") or "UNKNOWN"
-
-    def is_done(self, job_id: str, mode: str = "standard") -> bool:
-        return self.get_state(job_id, mode=mode).upper() not in UNFINISHED
-
-    def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
-        """Parse ``jobid|jobindex|stat|exit_code`` lines; array elements become ``id_index-1``."""
-        if not isinstance(string, str):
-            string = string.decode()
-        info: dict[str, dict[str, str]] = {}
-        for line in string.splitlines():
-            fields = line.strip().split("|")
-            if len(fields) != 4 or not fields[0].isdigit():
-                continue  # "Job <x> is not found" and other chatter
-            job, index, stat, exit_code = fields
-            key = job if index in ("", "0", "-") else f"{job}_{int(index) - 1}"
-            info[key] = {
-                "JobID": key,
-                "State": STATES.get(stat, "UNKNOWN"),
-                "LSFState": stat,
-                "ExitCode": exit_code,
-            }
-        return info
+from submitit_lsf.script import MAX_ARRAY_SIZE, make_bsub_script
+from submitit_lsf.watcher import LSFInfoWatcher
 
 
 class LSFJob(core.Job[core.R]):
     _cancel_command = "bkill"
     watcher = LSFInfoWatcher(delay_s=60)
+
+    def __init__(self, folder: str | Path, job_id: str, tasks: Sequence[int] = (0,)) -> None:
+        super().__init__(folder=folder, job_id=job_id, tasks=tasks)
+        main, _, index = job_id.partition("_")
+        lsf_index = int(index) + 1 if index else 0  # the %I of the job script's -o path
+        logs = utils.JobPaths.get_first_id_independent_folder(folder)
+        self.watcher.register_log(job_id, logs / f"lsf_{main}_{lsf_index}.out")
 
     def cancel(self, check: bool = True) -> None:
         (subprocess.check_call if check else subprocess.call)(
@@ -180,7 +138,17 @@ class LSFExecutor(core.PicklingExecutor):
     ) -> list[core.Job[tp.Any]]:
         if len(delayed_submissions) == 1:
             return super()._internal_process_submissions(delayed_submissions)
-        # One job array for the whole batch; element i runs the i-th pickle.
+        # Job arrays of at most max_array_size elements (LSF's MAX_JOB_ARRAY_SIZE refuses more).
+        size = self.parameters.get("max_array_size", MAX_ARRAY_SIZE)
+        jobs: list[core.Job[tp.Any]] = []
+        for start in range(0, len(delayed_submissions), size):
+            jobs += self._submit_array(delayed_submissions[start : start + size])
+        return jobs
+
+    def _submit_array(
+        self, delayed_submissions: list[utils.DelayedSubmission]
+    ) -> list[core.Job[tp.Any]]:
+        """One job array; element i runs the i-th pickle."""
         folder = utils.JobPaths.get_first_id_independent_folder(self.folder)
         folder.mkdir(parents=True, exist_ok=True)
         timeout_min = self.parameters.get("walltime_min", 60)

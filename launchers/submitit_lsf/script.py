@@ -1,8 +1,13 @@
 """The ``bsub`` job script: ``#BSUB`` directives, then one task per rank.
 
-Formats follow IBM Spectrum LSF 10.1 (bsub: -J name[1-N]%P, -nnodes, -W minutes, -P, -q,
--alloc_flags, -wa/-wt warning action) and IBM Job Step Manager's jsrun (resource sets: -n total,
--a tasks, -c CPUs, -g GPUs per set, -r sets per host).
+Formats follow IBM Spectrum LSF 10.1 (bsub: -J name[1-N]%P, -nnodes, -n with span[ptile],
+-W minutes, -P, -q, -alloc_flags, -R rusage[mem], -wa/-wt warning action) and IBM Job Step
+Manager's jsrun (resource sets: -n total, -a tasks, -c CPUs, -g GPUs per set, -r sets per host,
+-b binding, --smpiargs).
+
+Two allocations: ``slots`` is plain LSF (``-n`` slots, ``span[ptile]``, the job shell runs on the
+first compute host, tasks start through ``blaunch``); ``nnodes`` is IBM CSM (Summit: whole nodes,
+the job shell runs on a launch node that is not a compute node, tasks start through jsrun).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from submitit.core.utils import JobPaths
 
 TASK_LAUNCHERS = ("jsrun", "mpirun", "blaunch")
 ALLOCATIONS = ("nnodes", "slots")
+# LSF's MAX_JOB_ARRAY_SIZE default (lsb.params).
+MAX_ARRAY_SIZE = 1000
 # Variables every task needs; mpirun forwards only what it is told to (-x).
 FORWARDED = (
     "SUBMITIT_EXECUTOR",
@@ -22,10 +29,19 @@ FORWARDED = (
     "LSB_JOBINDEX",
     "LSB_DJOB_HOSTFILE",
     "LSB_HOSTS",
+    "UE_LSF_LAUNCH_HOST",
+    "UE_LSF_REQUEUE_MARKER",
     "PATH",
     "PYTHONPATH",
     "VIRTUAL_ENV",
 )
+
+
+def _quoted_path(path: str) -> str:
+    """A path for a #BSUB line, in double quotes (LSF keeps %J/%I inside them)."""
+    if '"' in path:
+        raise ValueError(f"LSF log path {path!r} must not contain a double quote")
+    return f'"{path}"'
 
 
 def _directives(
@@ -35,6 +51,7 @@ def _directives(
     nodes: int,
     tasks_per_node: int,
     gpus_per_node: int | None,
+    cpus_per_task: int | None,
     mem_gb: int | None,
     queue: str | None,
     project: str | None,
@@ -53,22 +70,23 @@ def _directives(
     lines = [f"-J {shlex.quote(name)}", f"-W {walltime_min}"]
     if allocation == "nnodes":  # whole nodes (Summit's CSM allocation)
         lines.append(f"-nnodes {nodes}")
-    else:
-        lines += [f"-n {nodes * tasks_per_node}", f'-R "span[ptile={tasks_per_node}]"']
+    else:  # a slot is a core: each rank takes cpus_per_task of them
+        per_host = tasks_per_node * (cpus_per_task or 1)
+        lines += [f"-n {nodes * per_host}", f'-R "span[ptile={per_host}]"']
         if gpus_per_node:
             lines.append(f'-gpu "num={gpus_per_node}"')
-    if mem_gb is not None:
-        lines.append(f"-M {mem_gb}GB")
+        if mem_gb is not None:  # a reservation per host (LSF 10.1's default for rusage)
+            lines.append(f'-R "rusage[mem={mem_gb}GB]"')
     if queue:
         lines.append(f"-q {shlex.quote(queue)}")
     if project:
         lines.append(f"-P {shlex.quote(project)}")
     if alloc_flags:
         lines.append(f'-alloc_flags "{alloc_flags}"')
-    log = folder / "lsf_%J_%I"
-    lines.append(f"-o {log}.out")
+    log = str(folder / "lsf_%J_%I")
+    lines.append(f"-o {_quoted_path(log + '.out')}")
     if not stderr_to_stdout:
-        lines.append(f"-e {log}.err")
+        lines.append(f"-e {_quoted_path(log + '.err')}")
     if warning_signal:
         lines += [f"-wa {warning_signal}", f"-wt {warning_time_min}"]
     lines += list(directives)
@@ -79,6 +97,16 @@ def _background(*parts: str) -> str:
     return " ".join(part for part in (*parts, "&") if part)
 
 
+# The compute hosts of the job, in allocation order, without the job shell's launch host (short
+# names compared, since `hostname` may print an FQDN where the host file has the short name).
+COMPUTE_HOSTS = (
+    'hosts=$(if [ -r "$LSB_DJOB_HOSTFILE" ]; then cat "$LSB_DJOB_HOSTFILE"; '
+    "else echo $LSB_HOSTS; fi | tr ' ' '\\n' | awk -v launch=\"$UE_LSF_LAUNCH_HOST\" "
+    '\'function short(h) { return h ~ /^[0-9.]+$/ ? h : substr(h, 1, index(h ".", ".") - 1) } '
+    'NF && (launch == "" || short($0) != short(launch)) && !seen[$0]++\')'
+)
+
+
 def _task_lines(
     command: str,
     task_launcher: str,
@@ -86,23 +114,25 @@ def _task_lines(
     tasks_per_node: int,
     gpus_per_node: int | None,
     cpus_per_task: int | None,
+    smpiargs: str | None,
     launcher_args: Sequence[str],
 ) -> list[str]:
     total = nodes * tasks_per_node
     extra = " ".join(launcher_args)
-    if task_launcher == "jsrun":  # one resource set per task, one GPU each when there are GPUs
-        gpus = 1 if gpus_per_node else 0
-        prefix = f"jsrun -n {total} -a 1 -c {cpus_per_task or 1} -g {gpus} -r {tasks_per_node}"
+    if task_launcher == "jsrun":  # one resource set per task, bound to its own cores
+        cpus, gpus = cpus_per_task or 1, 1 if gpus_per_node else 0
+        prefix = f"jsrun -n {total} -a 1 -c {cpus} -g {gpus} -r {tasks_per_node} -b packed:{cpus}"
+        if smpiargs:  # OLCF's spelling: --smpiargs="-disable_gpu_hooks"
+            prefix += f' --smpiargs="{smpiargs}"'
         return [_background(prefix, extra, command), 'tasks+=("$!")']
     if task_launcher == "mpirun":
-        forward = " ".join(f"-x {var}" for var in FORWARDED)
+        variables = (*FORWARDED, "UE_LSF_CPUS_PER_TASK") if cpus_per_task else FORWARDED
+        forward = " ".join(f"-x {var}" for var in variables)
         prefix = f"mpirun -np {total} --map-by ppr:{tasks_per_node}:node {forward}"
         return [_background(prefix, extra, command), 'tasks+=("$!")']
     ranks = f"env UE_LSF_RANK=$rank UE_LSF_LOCAL_RANK=$local_rank UE_LSF_SIZE={total}"
-    return [  # blaunch: one task per slot, ranks numbered here
-        'hosts=$(if [ -r "$LSB_DJOB_HOSTFILE" ]; then cat "$LSB_DJOB_HOSTFILE"; '
-        "else echo $LSB_HOSTS; fi | tr ' ' '\\n' | grep -v -E '^(batch|login)' "
-        "| awk 'NF && !seen[$0]++')",
+    return [  # blaunch: tasks_per_node tasks on each compute host, ranks numbered here
+        COMPUTE_HOSTS,
         "rank=0",
         "for host in $hosts; do",
         f"  for local_rank in $(seq 0 {tasks_per_node - 1}); do",
@@ -112,6 +142,24 @@ def _task_lines(
         "  done",
         "done",
     ]
+
+
+def _job_variables(folder: Path, allocation: str, cpus_per_task: int | None) -> list[str]:
+    """What the tasks learn from the job shell: its launch host, their CPUs, the requeue marker.
+
+    Under CSM the job shell runs on a launch node listed first in the host file, whatever the
+    site names it; under plain LSF it runs on the first compute host, which must stay.
+    """
+    marker = shlex.quote(str(folder / "lsf_")) + '"${LSB_JOBID}_${LSB_JOBINDEX:-0}.requeue"'
+    lines = [
+        "export SUBMITIT_EXECUTOR=lsf",
+        "export UE_LSF_LAUNCH_HOST=" + ("$(hostname)" if allocation == "nnodes" else ""),
+        f"export UE_LSF_REQUEUE_MARKER={marker}",
+        'rm -f "$UE_LSF_REQUEUE_MARKER"',
+    ]
+    if cpus_per_task:
+        lines.append(f"export UE_LSF_CPUS_PER_TASK={cpus_per_task}")
+    return lines
 
 
 # The job shell forwards the warning signal to its tasks (trapped before any task starts: an
@@ -126,8 +174,53 @@ for pid in "${tasks[@]}"; do
     kill -0 "$pid" 2>/dev/null || break
   done
   [ "$code" -ne 0 ] && status=$code
-done
+done"""
+# Rank 0 asks for a requeue by leaving the marker: some sites refuse LSF commands on compute
+# nodes, and the job shell runs where they are allowed.
+REQUEUE = """if [ -e "$UE_LSF_REQUEUE_MARKER" ]; then
+  rm -f "$UE_LSF_REQUEUE_MARKER"
+  if [ "${LSB_JOBINDEX:-0}" = 0 ]; then ref=$LSB_JOBID; else ref="$LSB_JOBID[$LSB_JOBINDEX]"; fi
+  brequeue "$ref"
+fi
 exit $status"""
+
+
+def _validate(
+    task_launcher: str,
+    allocation: str,
+    walltime_min: int,
+    nodes: int,
+    tasks_per_node: int,
+    gpus_per_node: int | None,
+    mem_gb: int | None,
+    warning_signal: str | None,
+    warning_time_min: int,
+    map_count: int | None,
+    max_array_size: int,
+) -> None:
+    if task_launcher not in TASK_LAUNCHERS:
+        raise ValueError(f"task_launcher={task_launcher!r}: expected one of {TASK_LAUNCHERS}")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation={allocation!r}: expected one of {ALLOCATIONS}")
+    if walltime_min < 1 or nodes < 1 or tasks_per_node < 1:
+        raise ValueError("walltime_min, nodes and tasks_per_node must be >= 1")
+    if gpus_per_node and gpus_per_node != tasks_per_node:
+        raise ValueError(
+            f"gpus_per_node={gpus_per_node} with tasks_per_node={tasks_per_node}: a DDP rank uses "
+            "one GPU, so a GPU job needs one task per GPU (set both to the same number)"
+        )
+    if mem_gb is not None and allocation == "nnodes":
+        raise ValueError(
+            "mem_gb with allocation=nnodes: whole-node allocations get all of the node's memory; "
+            "drop mem_gb"
+        )
+    if warning_signal and not 0 < warning_time_min < walltime_min:
+        raise ValueError(
+            f"warning_time_min={warning_time_min} must be between 0 and walltime_min="
+            f"{walltime_min} (exclusive): the job needs time to run before the warning"
+        )
+    if map_count is not None and map_count > max_array_size:
+        raise ValueError(f"an array of {map_count} jobs exceeds max_array_size={max_array_size}")
 
 
 def make_bsub_script(
@@ -142,30 +235,34 @@ def make_bsub_script(
     mem_gb: int | None = None,
     queue: str | None = None,
     project: str | None = None,
-    allocation: str = "nnodes",
+    allocation: str = "slots",
     alloc_flags: str | None = None,
-    task_launcher: str = "jsrun",
+    task_launcher: str = "blaunch",
+    smpiargs: str | None = None,
     launcher_args: Sequence[str] = (),
     warning_signal: str | None = "USR2",
     warning_time_min: int = 5,
     directives: Sequence[str] = (),
     setup: Sequence[str] = (),
     array_parallelism: int = 256,
+    max_array_size: int = MAX_ARRAY_SIZE,
     stderr_to_stdout: bool = False,
     map_count: int | None = None,
 ) -> str:
     """Text of the job script ``bsub`` reads from stdin; ``command`` runs once per task."""
-    if task_launcher not in TASK_LAUNCHERS:
-        raise ValueError(f"task_launcher={task_launcher!r}: expected one of {TASK_LAUNCHERS}")
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f"allocation={allocation!r}: expected one of {ALLOCATIONS}")
-    if walltime_min < 1 or nodes < 1 or tasks_per_node < 1:
-        raise ValueError("walltime_min, nodes and tasks_per_node must be >= 1")
-    if warning_signal and not 0 < warning_time_min < walltime_min:
-        raise ValueError(
-            f"warning_time_min={warning_time_min} must be between 0 and walltime_min="
-            f"{walltime_min} (exclusive): the job needs time to run before the warning"
-        )
+    _validate(
+        task_launcher,
+        allocation,
+        walltime_min,
+        nodes,
+        tasks_per_node,
+        gpus_per_node,
+        mem_gb,
+        warning_signal,
+        warning_time_min,
+        map_count,
+        max_array_size,
+    )
     logs = JobPaths.get_first_id_independent_folder(folder)
     lines = ["#!/bin/bash"]
     lines += _directives(
@@ -175,6 +272,7 @@ def make_bsub_script(
         nodes,
         tasks_per_node,
         gpus_per_node,
+        cpus_per_task,
         mem_gb,
         queue,
         project,
@@ -187,12 +285,19 @@ def make_bsub_script(
         map_count,
         array_parallelism,
     )
-    lines += ["", "export SUBMITIT_EXECUTOR=lsf", FORWARD_WARNING]
+    lines += ["", *_job_variables(logs, allocation, cpus_per_task), FORWARD_WARNING]
     if setup:
         lines += ["", "# setup", *setup]
     lines += ["", f"# {nodes * tasks_per_node} tasks ({task_launcher}), one rank each"]
     lines += _task_lines(
-        command, task_launcher, nodes, tasks_per_node, gpus_per_node, cpus_per_task, launcher_args
+        command,
+        task_launcher,
+        nodes,
+        tasks_per_node,
+        gpus_per_node,
+        cpus_per_task,
+        smpiargs,
+        launcher_args,
     )
-    lines += ["", WAIT_FOR_TASKS, ""]
+    lines += ["", WAIT_FOR_TASKS, REQUEUE, ""]
     return "\n".join(lines)

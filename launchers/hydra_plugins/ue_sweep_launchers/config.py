@@ -34,17 +34,20 @@ class SlurmConf(SlurmQueueConf):
 
 @dataclass
 class LSFConf(BaseQueueConf):
-    """bsub options; see submitit_lsf.script.make_bsub_script."""
+    """bsub options for plain LSF; see submitit_lsf.script.make_bsub_script."""
 
     _target_: str = f"{_LAUNCHERS}.LSFLauncher"
     queue: str | None = None
     # -P: the allocation (project) the job is charged to.
     project: str | None = None
-    # nnodes: whole nodes (Summit's -nnodes); slots: -n tasks with span[ptile=tasks_per_node].
-    allocation: str = "nnodes"
+    # slots: -n (tasks_per_node x cpus_per_task slots per host) with span[ptile]; nnodes: whole
+    # nodes (-nnodes), only under IBM CSM (Summit).
+    allocation: str = "slots"
     alloc_flags: str | None = None
-    # jsrun (one resource set per task), mpirun (Open MPI) or blaunch.
-    task_launcher: str = "jsrun"
+    # blaunch (any LSF), jsrun (one resource set per task; needs IBM CSM/JSM) or mpirun (Open MPI).
+    task_launcher: str = "blaunch"
+    # jsrun only: --smpiargs="..." for Spectrum MPI.
+    smpiargs: str | None = None
     launcher_args: list[str] = field(default_factory=list)
     # -wa/-wt: signal sent this many minutes before the walltime; the job checkpoints and
     # requeues on it.
@@ -54,21 +57,27 @@ class LSFConf(BaseQueueConf):
     directives: list[str] = field(default_factory=list)
     setup: list[str] = field(default_factory=list)
     array_parallelism: int = 256
+    # LSF's MAX_JOB_ARRAY_SIZE (lsb.params): larger sweeps go out as several arrays.
+    max_array_size: int = 1000
     max_num_timeout: int = 3
 
 
 @dataclass
 class SummitConf(LSFConf):
-    """A Summit-like machine: 6 GPUs per node, whole-node allocations (-nnodes), jsrun resource
-    sets of one task, one GPU and 7 cores, SMT4. Every job is charged to a project, so it must be
-    given: ``hydra.launcher.project=ABC123``. (A structured config, not YAML: merging ``???``
-    over the ``lsf`` default would leave the default in place.)"""
+    """A Summit-like machine (IBM CSM): 6 GPUs per node, whole-node allocations (-nnodes), jsrun
+    resource sets of one task, one GPU and 7 cores bound to it, SMT4, and Spectrum MPI's CUDA
+    hooks off (DDP over NCCL uses CUDA without MPI_Init, which the hooks refuse). Every job is
+    charged to a project, so it must be given: ``hydra.launcher.project=ABC123``. (A structured
+    config, not YAML: merging ``???`` over the ``lsf`` default would leave the default in place.)"""
 
     nodes: int = 8
     tasks_per_node: int = 6
     gpus_per_node: int = 6
     cpus_per_task: int = 7
     timeout_min: int = 120
+    allocation: str = "nnodes"
+    task_launcher: str = "jsrun"
+    smpiargs: str | None = "-disable_gpu_hooks"
     alloc_flags: str | None = "smt4"
     queue: str | None = "batch"
     project: str | None = MISSING
