@@ -207,6 +207,7 @@ def _train_bank(rt, checkpoint) -> GeneratorBank:
         bank,
         surrogate,
         images,
+        torch.zeros(len(images), dtype=torch.long),
         clusters,
         GeneratorConfig(epochs=3, lr=1e-2, eps=0.3),
         BatchSizeConfig(per_device=16),
