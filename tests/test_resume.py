@@ -237,14 +237,14 @@ def test_generators_stopped_mid_epoch_resume_to_the_same_bank(rt, tmp_path, monk
 RESUMABLE = [*SMOKE, "generator.epochs=12", "victim.epochs=2"]
 
 
-@pytest.mark.slow
-def test_usr2_checkpoints_the_job_and_a_rerun_finishes_it_like_an_uninterrupted_run(tmp_path):
+def _job_in_generator_epoch_2(tmp_path: Path, stderr: int) -> subprocess.Popen:
+    """A RESUMABLE job in ``tmp_path/job``, returned once its generators finished epoch 2."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "ue_sweep", *RESUMABLE, "hydra.run.dir=job"],
         cwd=tmp_path,
         env=ue_sweep_env(),
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=stderr,
         text=True,
     )
     log = tmp_path / "job" / "ue_sweep.log"
@@ -252,6 +252,12 @@ def test_usr2_checkpoints_the_job_and_a_rerun_finishes_it_like_an_uninterrupted_
     while not (log.exists() and "generators epoch 2/" in log.read_text()):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.2)
+    return proc
+
+
+@pytest.mark.slow
+def test_usr2_checkpoints_the_job_and_a_rerun_finishes_it_like_an_uninterrupted_run(tmp_path):
+    proc = _job_in_generator_epoch_2(tmp_path, stderr=subprocess.STDOUT)
     proc.send_signal(signal.SIGUSR2)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 75, output[-2000:]
@@ -311,19 +317,7 @@ def test_rerunning_a_multirun_skips_what_completed(tmp_path: Path):
 
 @pytest.mark.slow
 def test_sigterm_outside_a_scheduler_records_interrupted(tmp_path: Path):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ue_sweep", *RESUMABLE, "hydra.run.dir=job"],
-        cwd=tmp_path,
-        env=ue_sweep_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    log = tmp_path / "job" / "ue_sweep.log"
-    deadline = time.monotonic() + 120
-    while not (log.exists() and "generators epoch 2/" in log.read_text()):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.2)
+    proc = _job_in_generator_epoch_2(tmp_path, stderr=subprocess.PIPE)
     proc.terminate()
     _, errors = proc.communicate(timeout=120)
     assert proc.returncode == 143
