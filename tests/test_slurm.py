@@ -43,7 +43,9 @@ SLURM = [
     *SMOKE,
 ]
 # Long enough to be requeued mid-run, right after its first generator checkpoint.
-LONG = ["generator.epochs=12"]
+# Long enough that SLURM's requeue (SIGTERM, then SIGKILL after KillWait) lands mid-run: scope
+# `all` trains k times slower per epoch than the demo's `cluster`.
+LONG = ["generator.epochs=30", "generator.scope=all"]
 
 
 def _start_sweep(args: list[str], cwd: Path) -> subprocess.Popen:
