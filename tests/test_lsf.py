@@ -285,13 +285,19 @@ def _wait(job: submitit.Job, limit_s: float = 120) -> None:
         time.sleep(0.5)
 
 
-def test_bkill_ends_a_job_as_cancelled(lsf):
-    # item 6: the job report's TERM_OWNER, not just EXIT
+def _running_sleeper(lsf: Path) -> submitit.Job:
+    """A job that sleeps for 5 minutes, returned once LSF runs it."""
     executor = submitit.AutoExecutor(folder=lsf / "jobs" / "%j", cluster="lsf")
     executor.update_parameters(timeout_min=10)
     job = executor.submit(time.sleep, 300)
     while job.state != "RUNNING":
         time.sleep(0.2)
+    return job
+
+
+def test_bkill_ends_a_job_as_cancelled(lsf):
+    # item 6: the job report's TERM_OWNER, not just EXIT
+    job = _running_sleeper(lsf)
     job.cancel()
     with pytest.raises(submitit.core.utils.UncompletedJobError):
         job.result()
@@ -300,11 +306,7 @@ def test_bkill_ends_a_job_as_cancelled(lsf):
 
 def test_zombi_and_prov_elements_are_not_finished(lsf):
     # item 6 through the emulator: states it does not reach by itself
-    executor = submitit.AutoExecutor(folder=lsf / "jobs" / "%j", cluster="lsf")
-    executor.update_parameters(timeout_min=10)
-    job = executor.submit(time.sleep, 300)
-    while job.state != "RUNNING":
-        time.sleep(0.2)
+    job = _running_sleeper(lsf)
     for stat, state in (("ZOMBI", "UNKNOWN"), ("PROV", "PENDING")):
         lsf_emulator.set_state(int(job.job_id), 0, stat)
         job.watcher.update()  # not mode="force": submitit skips it within 1 ms of the last call

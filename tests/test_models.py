@@ -144,3 +144,26 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"surrogate.checkpoint=.*a state dict of a small_cnn"):
         weights.load_into(model, weights.read_state(path), "small_cnn", str(path))
+
+
+@pytest.mark.parametrize(
+    ("device", "world", "per_device", "setting", "expected"),
+    [
+        ("cuda", 48, 10, None, True),  # the HPC grid's victims: 10 images per GPU
+        ("cuda", 48, 32, None, False),
+        ("cuda", 1, 10, None, False),  # one rank: its statistics are already global
+        ("cpu", 2, 10, None, False),  # SyncBatchNorm needs CUDA
+        ("cuda", 48, 10, False, False),
+        ("cuda", 2, 64, True, True),
+    ],
+)
+def test_sync_batchnorm_defaults_on_for_small_per_gpu_batches(
+    device, world, per_device, setting, expected
+):
+    from ue_sweep.config import TrainingConfig
+    from ue_sweep.distributed import DistEnv, Runtime
+    from ue_sweep.train.classifier import uses_sync_batchnorm
+
+    # A Runtime is plain data: no process group or GPU is needed to describe one.
+    rt = Runtime(DistEnv(world_size=world), torch.device(device), backend="nccl")
+    assert uses_sync_batchnorm(TrainingConfig(sync_batchnorm=setting), per_device, rt) is expected

@@ -238,10 +238,11 @@ def _energy(
             sl = slice(start, start + FEATURE_BATCH)
             diff = train_sets[name][sl].float() - clean[sl].float()
             published += float(diff.pow_(2).sum(dtype=torch.float64)) / 255**2
+        noise_rms = float(rms(n).mean())
         out[name] = {
-            "noise_rms": float(rms(n).mean()),
+            "noise_rms": noise_rms,
             "published_rms": (published / clean.numel()) ** 0.5,
-            "noise_rms_over_eps": float(rms(n).mean()) / eps,
+            "noise_rms_over_eps": noise_rms / eps,
         }
     return out
 

@@ -36,7 +36,8 @@ def energy_matched(pattern: torch.Tensor, target_rms: torch.Tensor, eps: float) 
     finds it; a pattern of zeros stays zero.
     """
     p = pattern.double()
-    smallest = p.abs().flatten(1).where(p.abs().flatten(1) > 0, torch.inf).min(1).values
+    magnitude = p.abs().flatten(1)
+    smallest = magnitude.where(magnitude > 0, torch.inf).min(1).values
     # From this scale on every nonzero pixel is clamped: the largest RMS the ball allows.
     lo = torch.zeros(len(p), dtype=torch.float64, device=p.device)
     hi = torch.where(smallest.isfinite(), eps / smallest, torch.zeros_like(smallest))
