@@ -1,6 +1,7 @@
 """The ``ue-sweep`` command: a Hydra app running one UC job per (multirun) grid point.
 
-``ue-sweep report SWEEP_DIR`` is a plain sub-command, dispatched before Hydra parses argv.
+``ue-sweep report | status | cancel SWEEP_DIR`` are plain sub-commands, dispatched before Hydra
+parses argv.
 """
 
 from __future__ import annotations
@@ -161,6 +162,11 @@ def main() -> None:
         from ue_sweep.report import main as report_main
 
         raise SystemExit(report_main(sys.argv[2:]))
+    if sys.argv[1:2] in (["status"], ["cancel"]):
+        from ue_sweep.ops import cancel, status
+
+        command = status if sys.argv[1] == "status" else cancel
+        raise SystemExit(command.main(sys.argv[2:]))
     sys.argv[1:] = quote_numeric_choices(sys.argv[1:])
     # The same multirun command line maps to the same sweep directory (see conf/config.yaml).
     os.environ.setdefault(SWEEP_NAME_ENV, sweep_name(sys.argv[1:]))

@@ -371,6 +371,15 @@ def _check_cross_fields(cfg: RootConfig) -> None:
 def check_host(cfg: RootConfig) -> None:
     """Rules about the machine that runs the job: its devices, the data and weight files."""
     _check_accelerator(cfg.trainer, (("victim", cfg.victim), ("surrogate.fit", cfg.surrogate.fit)))
+    check_files(cfg)
+
+
+def check_files(cfg: RootConfig) -> None:
+    """The job's dataset and surrogate weight files are there and readable.
+
+    Separate from the device checks: a login node sees the shared file system the compute nodes
+    read, so a sweep is checked here before any job is queued.
+    """
     from ue_sweep.data.registry import check_dataset
     from ue_sweep.models.weights import check_surrogate_weights
 

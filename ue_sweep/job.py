@@ -26,7 +26,7 @@ from ue_sweep.distributed import DistEnv, env_from_launcher, runtime, spawn
 from ue_sweep.loggers import JobIdentity, RunLogger, build_logger
 from ue_sweep.pipeline import run_pipeline
 from ue_sweep.preemption import Interrupted, Preempted
-from ue_sweep.progress import Progress
+from ue_sweep.progress import PROGRESS_FILE, Progress
 from ue_sweep.tracking import ResultRecorder
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,12 @@ def _rank_main(
     run_logger = (
         build_logger(cfg.logger, identity) if env.is_main and identity is not None else RunLogger()
     )
-    progress = Progress(cfg.trainer.progress, enabled=env.is_main, run_logger=run_logger)
+    progress = Progress(
+        cfg.trainer.progress,
+        enabled=env.is_main,
+        run_logger=run_logger,
+        record=job_dir / PROGRESS_FILE,
+    )
     writer = replace(checkpoints, writer=env.is_main)
     try:
         with runtime(env, cfg.trainer) as rt:

@@ -3,10 +3,12 @@
 Hydra composes a job's config only after it has created the job directory and written
 ``.hydra/`` into it, and it reports its own errors over many lines with exit status 1. This
 composes every job of the command line first, the way Hydra will, and raises one
-:class:`UserError` (exit 2) for the first problem: an override key outside the schema (``+`` or
-not, with the nearest key), an unknown group option (with the options), a value of the wrong type
-or one that does not resolve, any value :func:`to_root_config` refuses, a job directory that cannot
-be created, or one that holds a completed job of another configuration (never overwritten).
+:class:`UserError` (exit 2) for a problem: an override key outside the schema (``+`` or not, with
+the nearest key), an unknown group option (with the options), a value of the wrong type or one
+that does not resolve, any value :func:`to_root_config` refuses, a dataset or weights file that is
+missing or unreadable, a job directory that cannot be created, or one that holds a completed job
+of another configuration (never overwritten). In a multirun every job is checked and the error
+holds one line per bad job, so a broken grid is refused whole before any job is queued.
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from ue_sweep.checkpoint import fingerprint
-from ue_sweep.config import schema_keys, to_root_config
+from ue_sweep.config import check_files, schema_keys, to_root_config
 from ue_sweep.distributed import env_from_launcher
 from ue_sweep.errors import ConfigError, UserError
-from ue_sweep.sweep import grid_overrides
+from ue_sweep.sweep import grid_overrides, plain_override
 from ue_sweep.tracking import RESULT_FILE
 
 # Hydra flags that print something instead of running a job.
@@ -63,19 +65,37 @@ def check_command_line(argv: Sequence[str]) -> None:
         mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
         master = _compose(lambda: loader.load_configuration("config", overrides, mode))
         if mode == RunMode.RUN:
-            job_dirs = [_check_job(master, "run", tasks=1, here=True)]
-        else:
-            launcher = master.hydra.get("launcher") or {}
-            tasks = int(launcher.get("nodes", 1)) * int(launcher.get("tasks_per_node", 1))
-            here = str(launcher.get("_target_", "")).endswith(_RUN_HERE)
-            job_dirs = []
-            for num, job in enumerate(grid_overrides(master.hydra)):
-                cfg = _compose(lambda job=job: loader.load_sweep_config(master, list(job)))
-                with open_dict(cfg):
-                    cfg.hydra.job.num = num
-                job_dirs.append(_check_job(cfg, "sweep", tasks, here))
-    for job_dir in job_dirs:
-        _check_creatable(job_dir)
+            _check_creatable(_check_job(master, "run", tasks=1, here=True))
+            return
+        launcher = master.hydra.get("launcher") or {}
+        tasks = int(launcher.get("nodes", 1)) * int(launcher.get("tasks_per_node", 1))
+        here = str(launcher.get("_target_", "")).endswith(_RUN_HERE)
+        refused = [
+            problem
+            for num, job in enumerate(grid_overrides(master.hydra))
+            if (problem := _check_sweep_job(loader, master, num, job, tasks, here))
+        ]
+    if refused:
+        raise UserError("\n".join(refused))
+
+
+def _check_sweep_job(
+    loader: ConfigLoaderImpl,
+    master: DictConfig,
+    num: int,
+    job: Sequence[str],
+    tasks: int,
+    here: bool,
+) -> str | None:
+    """``job #N (overrides): message`` if job ``num`` of a multirun would be refused."""
+    try:
+        cfg = _compose(lambda: loader.load_sweep_config(master, list(job)))
+        with open_dict(cfg):
+            cfg.hydra.job.num = num
+        _check_creatable(_check_job(cfg, "sweep", tasks, here))
+    except UserError as err:
+        return f"job #{num} ({' '.join(plain_override(o) for o in job)}): {err}"
+    return None
 
 
 def _one_line(err: BaseException) -> str:
@@ -211,7 +231,11 @@ def _check_job(cfg: DictConfig, mode: str, tasks: int, here: bool) -> Path:
     config = _resolved(job)
     _check_keys(config)
     guard_completed(job_dir, config, _world_size(config, tasks))
-    to_root_config(job, on_this_host=here)
+    root = to_root_config(job, on_this_host=here)
+    if not here:
+        # A scheduler runs the job elsewhere: its devices are checked there, its files (on the
+        # file system the login node shares with the compute nodes) here, before it is queued.
+        check_files(root)
     return job_dir
 
 

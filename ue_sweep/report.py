@@ -20,7 +20,7 @@ way, and the table shows the row's *strongest* control: the one with the lowest 
 A partial sweep gives a partial table; the jobs behind the gaps are listed as ``failed``,
 ``interrupted`` (stopped by a signal, or status ``running`` on this host while its process is
 gone), ``missing`` (status ``running`` and never completed: still running, or killed elsewhere),
-``unreadable`` (a result file that is not a ue-sweep record) and ``incomplete`` (grid points of
+``cancelled`` (by the scheduler, e.g. ``ue-sweep cancel``), ``unreadable`` (a result file that is not a ue-sweep record) and ``incomplete`` (grid points of
 the sweep's ``multirun.yaml`` without any result file).
 """
 
@@ -54,7 +54,7 @@ BASE_CONDITIONS = ("clean", "protected")
 _AXES = ("seed", "dataset", "dataset.name", "batch_size", "batch_size.per_device")
 _NOT_SETTINGS = ("hydra", "logger", "trainer.progress", "trainer.devices")
 # Statuses the report lists by name; any other (unreadable, unknown) is listed as unreadable.
-_LISTED = ("completed", "failed", "interrupted", "running")
+_LISTED = ("completed", "failed", "interrupted", "running", "cancelled")
 
 
 def _key(override: str) -> str:
@@ -376,6 +376,8 @@ def problems(report: Report) -> list[str]:
         items.append(f"- failed: `{j.dir}` ({','.join(j.overrides)}): {j.error}")
     for j in report.by_status("interrupted"):
         items.append(f"- interrupted: `{j.dir}` ({','.join(j.overrides)}): {j.error}")
+    for j in report.by_status("cancelled"):
+        items.append(f"- cancelled: `{j.dir}` ({','.join(j.overrides)}): {j.error}")
     for j in report.by_status("running"):
         items.append(
             f"- missing: `{j.dir}` ({','.join(j.overrides)}): status running since "
@@ -396,7 +398,8 @@ def _counts(report: Report) -> str:
     return (
         f"{len(report.jobs)} result files: {n['completed']} completed, {n['failed']} failed, "
         f"{n['interrupted']} interrupted, {n['running']} missing (running, never completed), "
-        f"{unreadable} unreadable; {len(report.incomplete)} grid points without a result file."
+        f"{n['cancelled']} cancelled, {unreadable} unreadable; "
+        f"{len(report.incomplete)} grid points without a result file."
     )
 
 

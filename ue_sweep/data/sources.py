@@ -6,6 +6,7 @@ the dataset on a machine with internet access (compute nodes are usually offline
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Iterable
 from pathlib import Path
@@ -51,6 +52,13 @@ class DatasetFiles:
                     problem=f"cannot exist: {blocker} is a file, not a directory",
                 )
             raise MissingFileError(f"{self.title} {what}", path, self._fix(delete))
+        if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+            raise MissingFileError(
+                f"{self.title} {what}",
+                path,
+                "give the user the jobs run as read access, or point dataset.root at a copy",
+                problem="is not readable",
+            )
         return path
 
     def unreadable(self, path: Path, what: str, problem: str, delete: Path) -> MissingFileError:

@@ -7,6 +7,7 @@ machine. Nothing here ever falls back to random weights.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +59,25 @@ def check_surrogate_weights(cfg: SurrogateConfig) -> None:
             raise MissingFileError(
                 f"ImageNet weights for {cfg.arch}", path, fetch_command(cfg.arch)
             )
+        _require_readable(f"ImageNet weights for {cfg.arch}", path)
     elif cfg.weights == "path":
         path = Path(str(cfg.checkpoint)).expanduser()
+        what = "surrogate checkpoint (surrogate.checkpoint)"
         if not path.is_file():
             raise MissingFileError(
-                "surrogate checkpoint (surrogate.checkpoint)",
+                what,
                 path.absolute(),
                 "point surrogate.checkpoint at a state-dict file, e.g. the surrogate.pt "
                 "a `surrogate.weights=fit` job wrote",
             )
+        _require_readable(what, path.absolute())
+
+
+def _require_readable(what: str, path: Path) -> None:
+    if not os.access(path, os.R_OK):
+        raise MissingFileError(
+            what, path, "give the user the jobs run as read access", problem="is not readable"
+        )
 
 
 def _as_classifier_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:

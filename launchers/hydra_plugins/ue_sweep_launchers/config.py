@@ -18,22 +18,34 @@ _LAUNCHERS = "hydra_plugins.ue_sweep_launchers.launchers"
 @dataclass
 class InlineConf:
     _target_: str = f"{_LAUNCHERS}.InlineLauncher"
+    # Print the plan (jobs, directories, which are skipped) and run nothing.
+    check_only: bool = False
 
 
 @dataclass
-class LocalConf(LocalQueueConf):
+class SweepOps:
+    """Settings every scheduling launcher adds to submitit's."""
+
+    # Print the plan (jobs, directories, skipped and queued ones, resources) and submit nothing.
+    check_only: bool = False
+    # false: submit, write SWEEP_DIR/jobs.json and return; follow with `ue-sweep status`.
+    wait: bool = True
+
+
+@dataclass
+class LocalConf(SweepOps, LocalQueueConf):
     _target_: str = f"{_LAUNCHERS}.LocalLauncher"
 
 
 @dataclass
-class SlurmConf(SlurmQueueConf):
+class SlurmConf(SweepOps, SlurmQueueConf):
     _target_: str = f"{_LAUNCHERS}.SlurmLauncher"
     # Jobs checkpoint every epoch, so time-outs may requeue them.
     max_num_timeout: int = 3
 
 
 @dataclass
-class LSFConf(BaseQueueConf):
+class LSFConf(SweepOps, BaseQueueConf):
     """bsub options for plain LSF; see submitit_lsf.script.make_bsub_script."""
 
     _target_: str = f"{_LAUNCHERS}.LSFLauncher"

@@ -1,9 +1,11 @@
-"""The launchers. Job planning and the summary live in ``ue_sweep.sweep``."""
+"""The launchers. Job planning and the summary live in ``ue_sweep.sweep``; the job table, the
+plan of ``check_only`` and the scheduler queries in ``ue_sweep.ops``."""
 
 from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,15 @@ from hydra_plugins.ue_sweep_launchers import config as _config  # noqa: F401 (re
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from ue_sweep import preemption
+from ue_sweep.ops.plan import format_detached, format_plan
+from ue_sweep.ops.schedulers import ACTIVE, Scheduler
+from ue_sweep.ops.table import JobTable
 from ue_sweep.preemption import Preempted
 from ue_sweep.sweep import JobOutcome, PlannedJob, format_summary
 
 log = logging.getLogger(__name__)
+# Seconds between scheduler polls while waiting on jobs an earlier launch submitted.
+ATTACH_POLL_S = 10.0
 
 
 def plan_jobs(
@@ -119,14 +126,57 @@ def _collect(job: PlannedJob, submitted: Any) -> JobReturn:
     )
 
 
+def _planned_returns(planned: Sequence[PlannedJob]) -> list[JobReturn]:
+    """Returns for jobs that were planned (check_only) or handed to the scheduler (detached):
+    nothing failed here, and Hydra needs one per job."""
+    return [
+        JobReturn(overrides=j.overrides, working_dir=str(j.job_dir), status=JobStatus.COMPLETED)
+        for j in planned
+    ]
+
+
+def _table(
+    sweep_dir: Path, launcher: str, folder: str | None, planned: Sequence[PlannedJob]
+) -> JobTable:
+    table = JobTable.for_launch(sweep_dir, launcher, folder)
+    for job in planned:
+        table.plan(job.num, job.label.split(), job.job_dir, job.fingerprint)
+    return table
+
+
+def _attach(job: PlannedJob, job_id: str, scheduler: Scheduler) -> JobReturn:
+    """Wait for a job an earlier launch submitted, then take its outcome from its record."""
+    while scheduler.states([job_id]).get(job_id) in ACTIVE:
+        time.sleep(ATTACH_POLL_S)
+    record = job.completed_record()
+    if record is not None:
+        return _skipped(job, record)
+    status = (job.record() or {}).get("status", "missing")
+    return JobReturn(
+        overrides=job.overrides,
+        working_dir=str(job.job_dir),
+        status=JobStatus.FAILED,
+        _return_value=JobNotCompletedError(f"job #{job.num} ({job.label}) {status}"),
+    )
+
+
 class InlineLauncher(BasicLauncher):
-    """Hydra's in-process launcher with skip-completed and the sweep summary."""
+    """Hydra's in-process launcher with skip-completed, the job table and the sweep summary."""
+
+    def __init__(self, check_only: bool = False) -> None:
+        super().__init__()
+        self.check_only = check_only
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         planned = plan_jobs(self, job_overrides, initial_job_idx, tasks=1)
         skipped, todo = _skip_completed(planned)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        if self.check_only:
+            log.info("%s", format_plan(sweep_dir, "basic", {}, planned, list(skipped), {}))
+            return _planned_returns(planned)
+        _table(sweep_dir, "basic", None, planned).write()
         ran = {}
         for job in todo:
             ran[job.num] = super().launch([job.overrides], initial_job_idx=job.num)[0]
@@ -134,6 +184,12 @@ class InlineLauncher(BasicLauncher):
 
 
 class _SubmititSweepLauncher(BaseSubmititLauncher):
+    def __init__(self, **params: Any) -> None:
+        # check_only: print the plan, submit nothing; wait: false returns once submitted.
+        self.check_only = bool(params.pop("check_only", False))
+        self.wait = bool(params.pop("wait", True))
+        super().__init__(**params)
+
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
         """Runs inside the cluster job, once per task."""
         try:
@@ -168,30 +224,49 @@ class _SubmititSweepLauncher(BaseSubmititLauncher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
+        """Submit the jobs that are neither completed nor still queued or running from an
+        earlier launch, write the job table, and (unless ``wait=false``) wait for every job."""
         assert self.config is not None
         tasks = int(self.params.get("nodes", 1)) * int(self.params.get("tasks_per_node", 1))
         planned = plan_jobs(self, job_overrides, initial_job_idx, tasks)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         skipped, todo = _skip_completed(planned)
+        table = _table(sweep_dir, self._EXECUTOR, str(self.params["submitit_folder"]), planned)
+        active = table.active(job.num for job in todo)
+        if self.check_only:
+            kind, params = self._EXECUTOR, self.params
+            log.info("%s", format_plan(sweep_dir, kind, params, planned, list(skipped), active))
+            return _planned_returns(planned)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         for job in todo:
-            log.info("\t#%d : %s", job.num, job.label)
-        log.info(
-            "submitting %d %s jobs to %s", len(todo), self._EXECUTOR, self.config.hydra.sweep.dir
-        )
-        ran = {}
-        if todo:
-            state = Singleton.get_state()
-            jobs = self._executor().map_array(
-                self,
-                [job.overrides for job in todo],
-                ["hydra.sweep.dir"] * len(todo),
-                [job.num for job in todo],
-                [f"job_id_for_{job.num}" for job in todo],
-                [state] * len(todo),
-            )
-            for job, submitted in zip(todo, jobs, strict=True):
-                ran[job.num] = _collect(job, submitted)
+            note = f" (already queued or running as {active[job.num]})" if job.num in active else ""
+            log.info("\t#%d : %s%s", job.num, job.label, note)
+        submit = [job for job in todo if job.num not in active]
+        log.info("submitting %d %s jobs to %s", len(submit), self._EXECUTOR, sweep_dir)
+        jobs = self._submit(submit) if submit else []
+        ids = {job.num: s.job_id for job, s in zip(submit, jobs, strict=True)}
+        table.submitted(ids)
+        table.write()
+        if not self.wait:
+            log.info("%s", format_detached(sweep_dir, ids, len(active)))
+            return _planned_returns(planned)
+        ran = {job.num: _collect(job, s) for job, s in zip(submit, jobs, strict=True)}
+        scheduler = table.scheduler
+        for job in todo:
+            if job.num in active:
+                ran[job.num] = _attach(job, active[job.num], scheduler)
         return _finish(self, planned, skipped, ran)
+
+    def _submit(self, jobs: Sequence[PlannedJob]) -> list[Any]:
+        state = Singleton.get_state()
+        return self._executor().map_array(
+            self,
+            [job.overrides for job in jobs],
+            ["hydra.sweep.dir"] * len(jobs),
+            [job.num for job in jobs],
+            [f"job_id_for_{job.num}" for job in jobs],
+            [state] * len(jobs),
+        )
 
 
 class LocalLauncher(_SubmititSweepLauncher):
