@@ -5,7 +5,8 @@ Written to ``SWEEP_DIR/report/`` (or ``--out``):
 - ``report.md``: Table 1 of the HPC study, the figures, and the jobs without a result;
 - ``table.csv``: the same table as numbers; ``jobs.csv``: one row per job;
 - ``protected_by_batch.png``: box plots of protected accuracy per batch size, a panel per row
-  (the study's Figure 3); ``accuracy_vs_batch.png``: mean, min and max over batch size (Figure 4).
+  (the study's Figure 3); ``accuracy_vs_batch.png``: mean, min and max over batch size (Figure 4);
+- ``wandb_workspace.json``: when the sweep logged to W&B, its workspace (``ue_sweep.dashboard``).
 
 The table: a row per dataset (and per value of any other setting the sweep varies, e.g.
 ``clusters=5``), a column per global batch size. A cell is the protected (UC) victim's clean-test
@@ -20,8 +21,9 @@ way, and the table shows the row's *strongest* control: the one with the lowest 
 A partial sweep gives a partial table; the jobs behind the gaps are listed as ``failed``,
 ``interrupted`` (stopped by a signal, or status ``running`` on this host while its process is
 gone), ``missing`` (status ``running`` and never completed: still running, or killed elsewhere),
-``cancelled`` (by the scheduler, e.g. ``ue-sweep cancel``), ``unreadable`` (a result file that is not a ue-sweep record) and ``incomplete`` (grid points of
-the sweep's ``multirun.yaml`` without any result file).
+``cancelled`` (by the scheduler, e.g. ``ue-sweep cancel``), ``unreadable`` (a result file that is
+not a ue-sweep record) and ``incomplete`` (grid points of the sweep's ``multirun.yaml`` without
+any result file).
 """
 
 from __future__ import annotations
@@ -557,6 +559,9 @@ def write_report(sweep_dir: Path, out_dir: Path, use_wandb: bool = True) -> Repo
         run = log_to_wandb(report, out_dir, figures)
         if run is not None:
             log.info("logged to W&B as run %s", run)
+        from ue_sweep.dashboard import write_dashboard
+
+        write_dashboard(report.jobs, report.conditions, out_dir)
     return report
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +20,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from hydra_plugins.ue_sweep_launchers import config as _config  # noqa: F401 (registers configs)
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from submitit.core.utils import JobPaths
 
 from ue_sweep import preemption
 from ue_sweep.ops.plan import format_detached, format_plan
@@ -271,6 +274,28 @@ class _SubmititSweepLauncher(BaseSubmititLauncher):
 
 class LocalLauncher(_SubmititSweepLauncher):
     _EXECUTOR = "local"
+
+    def _submit(self, jobs: Sequence[PlannedJob]) -> list[Any]:
+        """Detached, the job controllers outlive this process: they must not hold its stdout and
+        stderr, or whoever reads them (a pipe, a test) waits for the last job. submitit starts
+        them with this process's descriptors, so those point at a log file meanwhile."""
+        if self.wait:
+            return super()._submit(jobs)
+        folder = JobPaths.get_first_id_independent_folder(Path(str(self.params["submitit_folder"])))
+        folder.mkdir(parents=True, exist_ok=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        with open(folder / "local-controllers.log", "ab") as log_file:
+            os.dup2(log_file.fileno(), 1)
+            os.dup2(log_file.fileno(), 2)
+            try:
+                return super()._submit(jobs)
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                for fd in saved:
+                    os.close(fd)
 
 
 class SlurmLauncher(_SubmititSweepLauncher):
