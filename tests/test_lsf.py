@@ -24,6 +24,7 @@ from submitit_lsf.script import make_bsub_script
 from submitit_lsf.watcher import LSFInfoWatcher
 from tests import lsf_emulator
 from tests.conftest import SMOKE, read_results, run_cli, ue_sweep_env
+from tests.sweep_ops_flow import detached_flow
 from ue_sweep.config import TrainerConfig
 from ue_sweep.distributed import DistEnv, DistributedSetupError, cpu_threads, env_from_launcher
 
@@ -434,3 +435,39 @@ def test_the_summit_preset_refuses_to_submit_without_a_project(lsf):
     assert proc.returncode != 0
     assert "Missing mandatory value: hydra.launcher.project" in proc.stderr
     assert not list((lsf / "lsf-state").glob("job_*")), "nothing was submitted"
+
+
+def _bsub_count(lsf: Path) -> int:
+    """Submissions the emulated LSF received (one per bsub: an array is one)."""
+    return len(list((lsf / "lsf-state").glob("job_*.json")))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_detached_sweep_is_followed_rerun_cancelled_and_reported(lsf):
+    # a run limit the long job never reaches: it must be running when it is cancelled
+    detached_flow(lsf, [*LSF_SWEEP, "hydra.launcher.timeout_min=600"], lambda: _bsub_count(lsf))
+    assert _bsub_count(lsf) == 1, "one job array for the grid, nothing more"
+
+
+def test_a_grid_with_a_missing_dataset_never_reaches_bsub(lsf):
+    args = ["-m", *LSF_SWEEP, *SMOKE, "dataset=digits,cifar10", f"paths.data_dir={lsf / 'none'}"]
+    proc = run_cli([*args, "hydra.sweep.dir=sweep"], cwd=lsf)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("job #1 (") and "CIFAR-10 file not found" in line
+    assert _bsub_count(lsf) == 0 and not (lsf / "sweep").exists()
+
+
+def test_check_only_prints_the_plan_and_calls_no_bsub(lsf):
+    args = ["-m", "hydra/launcher=summit", "hydra.launcher.project=ABC", *SMOKE, "seed=0,1"]
+    proc = run_cli([*args, "hydra.launcher.check_only=true", "hydra.sweep.dir=sweep"], cwd=lsf)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "plan for sweep sweep (lsf): 2 jobs: 2 to submit" in output
+    assert (
+        "each job asks for: nodes=8 tasks_per_node=6 gpus_per_node=6 cpus_per_task=7 "
+        "timeout_min=120 queue=batch project=ABC allocation=nnodes alloc_flags=smt4 "
+        "task_launcher=jsrun" in output
+    )
+    assert _bsub_count(lsf) == 0

@@ -7,6 +7,7 @@ are skipped unless `scontrol ping` reaches a controller.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SMOKE, read_results, run_cli, ue_sweep_env
+from tests.sweep_ops_flow import detached_flow, status_rows
 
 
 def _controller_answers() -> bool:
@@ -35,13 +37,12 @@ pytestmark = [
 ]
 
 # One CPU per task (and so one thread: SLURM_CPUS_PER_TASK): two jobs share the 2-core node.
-SLURM = [
-    "-m",
+SLURM_LAUNCHER = [
     "hydra/launcher=slurm",
     "hydra.launcher.timeout_min=10",
     "hydra.launcher.cpus_per_task=1",
-    *SMOKE,
 ]
+SLURM = ["-m", *SLURM_LAUNCHER, *SMOKE]
 # Long enough to be requeued mid-run, right after its first generator checkpoint.
 # Long enough that SLURM's requeue (SIGTERM, then SIGKILL after KillWait) lands mid-run: scope
 # `all` trains k times slower per epoch than the demo's `cluster`.
@@ -152,7 +153,11 @@ def test_a_cancelled_job_is_reported_and_not_waited_on(tmp_path):
     sweep = _start_sweep([*SLURM, "generator.epochs=1,2000", "hydra.sweep.dir=sweep"], tmp_path)
     long_job = tmp_path / "sweep" / "1" / "checkpoints" / "generators.pt"
     _wait_for(long_job.exists, "the long job to train", sweep)
-    subprocess.run(["scancel", _slurm_job_id(tmp_path / "sweep", 1)], check=True)
+    # A sweep whose submitting process waits is followed and cancelled from another shell too.
+    job_id = _slurm_job_id(tmp_path / "sweep", 1)
+    assert status_rows(tmp_path)["#1"][1:4] == ["running", job_id, "RUNNING"]
+    cancel = run_cli(["cancel", "sweep", "1"], cwd=tmp_path)
+    assert cancel.returncode == 0 and cancel.stdout.split() == ["#1", "cancelled:", job_id]
     output, _ = sweep.communicate(timeout=180)
     assert "2 jobs: 1 completed, 1 cancelled" in output, output[-3000:]
     assert sweep.returncode != 0 and "job #1 (" in output and "cancelled: scheduler state" in output
@@ -160,3 +165,52 @@ def test_a_cancelled_job_is_reported_and_not_waited_on(tmp_path):
     assert time.monotonic() - started < 240, "2000 epochs would take 25 minutes"
     statuses = [r["status"] for r in read_results(tmp_path / "sweep")]
     assert statuses == ["completed", "cancelled"]
+
+
+@pytest.fixture
+def sbatch_calls(tmp_path, monkeypatch) -> Path:
+    """Every sbatch call of the test is logged to the returned file (then made for real)."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "sbatch-calls"
+    bin_dir.mkdir()
+    real = shutil.which("sbatch")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {real} "$@"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return calls
+
+
+def _sbatch_count(calls: Path) -> int:
+    return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+
+@pytest.mark.timeout(1800)
+def test_a_detached_sweep_is_followed_rerun_cancelled_and_reported(tmp_path, sbatch_calls):
+    # A time limit the long job never reaches: it must be running when it is cancelled.
+    launcher = [*SLURM_LAUNCHER, "hydra.launcher.timeout_min=60"]
+    detached_flow(tmp_path, launcher, lambda: _sbatch_count(sbatch_calls))
+    assert _sbatch_count(sbatch_calls) == 1, "one job array for the grid, nothing more"
+
+
+def test_a_grid_with_a_missing_dataset_never_reaches_sbatch(tmp_path, sbatch_calls):
+    args = [*SLURM, "dataset=digits,cifar10", f"paths.data_dir={tmp_path / 'none'}"]
+    proc = run_cli([*args, "hydra.sweep.dir=sweep"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("job #1 (") and "CIFAR-10 file not found" in line
+    assert not sbatch_calls.exists() and not (tmp_path / "sweep").exists()
+
+
+def test_check_only_prints_the_plan_and_calls_no_sbatch(tmp_path, sbatch_calls):
+    done = run_cli([*SLURM, "seed=0", "hydra.sweep.dir=sweep"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    calls = _sbatch_count(sbatch_calls)
+    proc = run_cli(
+        [*SLURM, "seed=0,1", "hydra.launcher.check_only=true", "hydra.sweep.dir=sweep"],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "plan for sweep sweep (slurm): 2 jobs: 1 to submit, 1 completed (skipped)" in output
+    assert "each job asks for: nodes=1 tasks_per_node=1 cpus_per_task=1 timeout_min=10" in output
+    assert "check only (hydra.launcher.check_only=true): nothing was submitted" in output
+    assert _sbatch_count(sbatch_calls) == calls and not (tmp_path / "sweep" / "1").exists()

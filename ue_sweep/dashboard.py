@@ -115,7 +115,7 @@ def build_workspace(where: Target, entity: str, conditions: Sequence[str]) -> An
         name=f"ue-sweep {where.group}",
         sections=[figures, uc, victims, tables],
         runset_settings=ws.RunsetSettings(
-            filters=[ws.Metric("Group") == where.group], groupby=[ws.Metric("JobType")]
+            filters=ws.And(ws.Metric("Group") == where.group), groupby=[ws.Metric("JobType")]
         ),
     )
 

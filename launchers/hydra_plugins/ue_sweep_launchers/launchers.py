@@ -68,6 +68,10 @@ def _world_size(sweep_config: DictConfig, tasks: int) -> int:
 
 def _skipped(job: PlannedJob, record: dict[str, Any]) -> JobReturn:
     log.info("\t#%d : %s already completed: skipped", job.num, job.label)
+    return _completed(job, record)
+
+
+def _completed(job: PlannedJob, record: dict[str, Any]) -> JobReturn:
     return JobReturn(
         overrides=job.overrides,
         working_dir=str(job.job_dir),
@@ -148,12 +152,18 @@ def _table(
 
 
 def _attach(job: PlannedJob, job_id: str, scheduler: Scheduler) -> JobReturn:
-    """Wait for a job an earlier launch submitted, then take its outcome from its record."""
-    while scheduler.states([job_id]).get(job_id) in ACTIVE:
+    """Wait for a job an earlier launch submitted, then take its outcome from its record; an
+    end the job could not record (a cancel, a kill) is recorded from the scheduler's state."""
+    state = scheduler.states([job_id]).get(job_id)
+    while state in ACTIVE:
         time.sleep(ATTACH_POLL_S)
+        state = scheduler.states([job_id]).get(job_id)
     record = job.completed_record()
     if record is not None:
-        return _skipped(job, record)
+        return _completed(job, record)
+    if state is not None:
+        ended = "cancelled" if state == "CANCELLED" else "failed"
+        job.record_unfinished(ended, f"scheduler state {state}")
     status = (job.record() or {}).get("status", "missing")
     return JobReturn(
         overrides=job.overrides,
