@@ -121,8 +121,8 @@ def detached_flow(cwd: Path, launcher: list[str], submissions: Callable[[], int]
         assert cancel.returncode == 0, cancel.stderr[-3000:]
         assert cancel.stdout.split() == ["#2", "cancelled:", ids[2]], cancel.stdout
         rest, _ = waiting.communicate(timeout=DEADLINE_S)
-        # It ends with the job; which end it reads first, the job's own (a local job records
-        # the SIGINT it is stopped with as failed) or cancel's, is a race it may lose.
+        # It ends with the job; which end it reads first, the job's own (a local job that gets
+        # the SIGINT it is stopped with records it as failed) or cancel's, is a race.
         assert re.search(r"3 jobs: 2 skipped, 1 (cancelled|failed)", rest), rest[-3000:]
         assert waiting.returncode != 0
         assert submissions() == count

@@ -7,11 +7,13 @@ scheduler does not know (any more) has no state, and the job's own records say h
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +37,8 @@ ACTIVE = frozenset(
 )
 PENDING = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})
 _TIMEOUT_S = 60
+# Seconds a local job has to stop after SIGINT before its tasks are killed.
+KILL_WAIT_S = 5.0
 
 
 class SchedulerError(RuntimeError):
@@ -181,12 +185,40 @@ class LocalScheduler(Scheduler):
         return {i: "RUNNING" for i in ids if self._controller(i)}
 
     def cancel(self, ids: Sequence[str]) -> None:
+        """SIGINT to each controller, as submitit's ``LocalJob.cancel`` sends: it stops its tasks
+        and exits. A controller started in the background of a script ignores SIGINT, and the
+        tasks ignore SIGTERM (submitit's job environment), so after ``KILL_WAIT_S`` its tasks
+        are killed, as SLURM kills a job after KillWait; the controller then ends by itself."""
         if self.host != socket.gethostname():
             raise SchedulerError(f"the jobs run on {self.host}: cancel them there")
-        for job_id in ids:
-            if self._controller(job_id):
-                # What submitit's LocalJob.cancel sends: the controller stops its tasks and exits.
-                os.kill(int(job_id), signal.SIGINT)
+        controllers = [int(i) for i in ids if self._controller(i)]
+        for pid in controllers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + KILL_WAIT_S
+        while any(self._controller(str(p)) for p in controllers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in controllers:
+            for task in _descendants(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(task, signal.SIGKILL)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children first), from ``/proc``."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        out += children
+        todo += children
+    return out
 
 
 def scheduler_for(launcher: str, folder: Path | None, host: str | None) -> Scheduler:

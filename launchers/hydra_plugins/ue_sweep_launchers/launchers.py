@@ -30,8 +30,10 @@ from ue_sweep.preemption import Preempted
 from ue_sweep.sweep import JobOutcome, PlannedJob, format_summary
 
 log = logging.getLogger(__name__)
-# Seconds between scheduler polls while waiting on jobs an earlier launch submitted.
+# Seconds between scheduler polls while waiting on jobs an earlier launch submitted, and how long
+# such a job that ended unseen by the scheduler has to leave its final record.
 ATTACH_POLL_S = 10.0
+ATTACH_GRACE_S = 60.0
 
 
 def plan_jobs(
@@ -158,12 +160,17 @@ def _attach(job: PlannedJob, job_id: str, scheduler: Scheduler) -> JobReturn:
     while state in ACTIVE:
         time.sleep(ATTACH_POLL_S)
         state = scheduler.states([job_id]).get(job_id)
+    if state is None:
+        # Gone without a final word from the scheduler (local, or forgotten): whoever ended it
+        # (``ue-sweep cancel``) records it right after; a job that records nothing is failed.
+        deadline = time.monotonic() + ATTACH_GRACE_S
+        while (job.record() or {}).get("status") == "running" and time.monotonic() < deadline:
+            time.sleep(1.0)
     record = job.completed_record()
     if record is not None:
         return _completed(job, record)
-    if state is not None:
-        ended = "cancelled" if state == "CANCELLED" else "failed"
-        job.record_unfinished(ended, f"scheduler state {state}")
+    ended = "cancelled" if state == "CANCELLED" else "failed"
+    job.record_unfinished(ended, f"scheduler state {state or 'unknown'}")
     status = (job.record() or {}).get("status", "missing")
     return JobReturn(
         overrides=job.overrides,
