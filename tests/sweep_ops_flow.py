@@ -129,7 +129,7 @@ def detached_flow(cwd: Path, launcher: list[str], submissions: Callable[[], int]
 
         rows = status_rows(cwd)
         summary = "3 jobs: 2 completed, 0 running, 0 pending, 0 failed, 1 cancelled"
-        assert rows["summary"] == [summary]
+        assert rows["summary"] == [summary], rows
         assert {n: _digest(sweep / str(n) / "result.json") for n in (0, 1)} == done
         record = _read(sweep / "2" / "result.json")
         assert (record["status"], record["error"]["type"]) == ("cancelled", "Cancelled")

@@ -55,6 +55,9 @@ def test_scheduler_ends_are_recorded_without_overwriting_the_jobs_own(tmp_path):
     failed = _job(tmp_path, {"status": "failed", "error": {"type": "ValueError"}}, num=1)
     failed.record_unfinished("cancelled", "late")
     assert failed.record()["status"] == "failed"
+    cancelled = _job(tmp_path, {"status": "cancelled"}, num=3)
+    cancelled.record_unfinished("failed", "scheduler state unknown")
+    assert cancelled.record()["status"] == "cancelled", "ue-sweep cancel recorded it"
     never_started = _job(tmp_path, num=2)
     never_started.record_unfinished("failed", "scheduler state NODE_FAIL")
     assert never_started.record()["status"] == "failed"

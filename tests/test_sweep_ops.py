@@ -242,6 +242,16 @@ def test_check_only_prints_the_plan_and_runs_nothing(tmp_path):
     assert not list((tmp_path / "sweep").glob("*/result.json"))
 
 
+def test_detaching_the_in_process_launcher_is_refused(tmp_path):
+    proc = run_cli(["-m", *SMOKE, "hydra.launcher.wait=false", "hydra.sweep.dir=s"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "hydra.launcher.wait=false needs a launcher that submits the jobs (local, slurm, "
+        "slurm_gpu, lsf, summit): the basic launcher runs them in this process"
+    )
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_a_detached_local_sweep_is_followed_rerun_cancelled_and_reported(tmp_path):

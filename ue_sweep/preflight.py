@@ -43,7 +43,8 @@ from ue_sweep.tracking import RESULT_FILE
 # Hydra flags that print something instead of running a job.
 _NOT_A_RUN = ("help", "hydra_help", "cfg", "info", "shell_completion")
 # Launchers whose jobs run on this machine (the others submit them to a scheduler).
-_RUN_HERE = ("BasicLauncher", ".InlineLauncher", ".LocalLauncher")
+_IN_PROCESS = ("BasicLauncher", ".InlineLauncher")
+_RUN_HERE = (*_IN_PROCESS, ".LocalLauncher")
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
 
@@ -69,7 +70,13 @@ def check_command_line(argv: Sequence[str]) -> None:
             return
         launcher = master.hydra.get("launcher") or {}
         tasks = int(launcher.get("nodes", 1)) * int(launcher.get("tasks_per_node", 1))
-        here = str(launcher.get("_target_", "")).endswith(_RUN_HERE)
+        target = str(launcher.get("_target_", ""))
+        here = target.endswith(_RUN_HERE)
+        if not launcher.get("wait", True) and target.endswith(_IN_PROCESS):
+            raise UserError(
+                "hydra.launcher.wait=false needs a launcher that submits the jobs (local, slurm, "
+                "slurm_gpu, lsf, summit): the basic launcher runs them in this process"
+            )
         refused = [
             problem
             for num, job in enumerate(grid_overrides(master.hydra))

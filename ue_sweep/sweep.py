@@ -103,7 +103,7 @@ class PlannedJob:
     def record_unfinished(self, status: str, reason: str) -> None:
         """Record an end the job could not record itself (scheduler cancel, kill, timeout)."""
         record = self.record() or {"overrides": self.label.split(), "job_dir": str(self.job_dir)}
-        if record.get("status") in ("completed", "failed"):
+        if record.get("status") in ("completed", "failed", "cancelled"):
             return
         record.update(
             status=status, error={"type": "Scheduler", "message": reason}, updated_at=now()

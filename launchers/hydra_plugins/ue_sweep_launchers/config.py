@@ -20,6 +20,8 @@ class InlineConf:
     _target_: str = f"{_LAUNCHERS}.InlineLauncher"
     # Print the plan (jobs, directories, which are skipped) and run nothing.
     check_only: bool = False
+    # Only true: the jobs run in this process (the preflight refuses false with a reason).
+    wait: bool = True
 
 
 @dataclass

@@ -27,7 +27,7 @@ from ue_sweep.ops.plan import format_detached, format_plan
 from ue_sweep.ops.schedulers import ACTIVE, Scheduler
 from ue_sweep.ops.table import JobTable
 from ue_sweep.preemption import Preempted
-from ue_sweep.sweep import JobOutcome, PlannedJob, format_summary
+from ue_sweep.sweep import JobOutcome, PlannedJob, format_summary, plain_override
 
 log = logging.getLogger(__name__)
 # Seconds between scheduler polls while waiting on jobs an earlier launch submitted, and how long
@@ -149,7 +149,8 @@ def _table(
 ) -> JobTable:
     table = JobTable.for_launch(sweep_dir, launcher, folder)
     for job in planned:
-        table.plan(job.num, job.label.split(), job.job_dir, job.fingerprint)
+        overrides = [plain_override(o) for o in job.overrides]
+        table.plan(job.num, overrides, job.job_dir, job.fingerprint)
     return table
 
 
@@ -183,9 +184,10 @@ def _attach(job: PlannedJob, job_id: str, scheduler: Scheduler) -> JobReturn:
 class InlineLauncher(BasicLauncher):
     """Hydra's in-process launcher with skip-completed, the job table and the sweep summary."""
 
-    def __init__(self, check_only: bool = False) -> None:
+    def __init__(self, check_only: bool = False, wait: bool = True) -> None:
         super().__init__()
         self.check_only = check_only
+        assert wait, "the preflight refuses wait=false for jobs that run in this process"
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -251,7 +253,8 @@ class _SubmititSweepLauncher(BaseSubmititLauncher):
         planned = plan_jobs(self, job_overrides, initial_job_idx, tasks)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         skipped, todo = _skip_completed(planned)
-        table = _table(sweep_dir, self._EXECUTOR, str(self.params["submitit_folder"]), planned)
+        folder = str(Path(str(self.params["submitit_folder"])).absolute())
+        table = _table(sweep_dir, self._EXECUTOR, folder, planned)
         active = table.active(job.num for job in todo)
         if self.check_only:
             kind, params = self._EXECUTOR, self.params
