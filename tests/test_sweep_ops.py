@@ -252,6 +252,16 @@ def test_detaching_the_in_process_launcher_is_refused(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_check_only_without_a_multirun_is_refused_not_ignored(tmp_path):
+    proc = run_cli([*SMOKE, "hydra.launcher.check_only=true", "hydra.run.dir=r"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "hydra.launcher.check_only applies to a multirun (ue-sweep -m ...): a single run does "
+        "not go through the launcher"
+    )
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_a_detached_local_sweep_is_followed_rerun_cancelled_and_reported(tmp_path):

@@ -44,6 +44,8 @@ from ue_sweep.tracking import RESULT_FILE
 _NOT_A_RUN = ("help", "hydra_help", "cfg", "info", "shell_completion")
 # Launchers whose jobs run on this machine (the others submit them to a scheduler).
 _IN_PROCESS = ("BasicLauncher", ".InlineLauncher")
+# Launcher settings a single run (no launcher) would silently ignore.
+_SWEEP_ONLY = ("hydra.launcher.check_only", "hydra.launcher.wait")
 _RUN_HERE = (*_IN_PROCESS, ".LocalLauncher")
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
@@ -64,6 +66,12 @@ def check_command_line(argv: Sequence[str]) -> None:
         for override in parsed:
             _check_override(override, loader)
         mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
+        sweep_only = [o.key_or_group for o in parsed if o.key_or_group in _SWEEP_ONLY]
+        if mode == RunMode.RUN and sweep_only:
+            raise UserError(
+                f"{sweep_only[0]} applies to a multirun (ue-sweep -m ...): a single run does not "
+                "go through the launcher"
+            )
         master = _compose(lambda: loader.load_configuration("config", overrides, mode))
         if mode == RunMode.RUN:
             _check_creatable(_check_job(master, "run", tasks=1, here=True))
