@@ -30,7 +30,8 @@ from ue_sweep.distributed import DistEnv, DistributedSetupError, cpu_threads, en
 
 # Launcher-config keys under their make_bsub_script names (submitit's equivalence dict).
 RENAMED = {"timeout_min": "walltime_min", "name": "job_name"}
-NOT_SCRIPT = {"_target_", "submitit_folder", "max_num_timeout", "name"}
+# ue-sweep's own settings (check_only, wait) never reach submitit either.
+NOT_SCRIPT = {"_target_", "submitit_folder", "max_num_timeout", "name", "check_only", "wait"}
 
 
 def _preset_script(conf: type, tmp_path: Path, **overrides) -> str:
