@@ -104,7 +104,11 @@ def test_offline_the_report_writes_a_workspace_whose_panels_show_logged_data(tmp
     workspace = saved["workspace"]
     assert workspace["runset_settings"]["filters"] == f"Metric(\"Group\") == '{groups.pop()}'"
     assert not groups, "one group for the whole sweep"
-    history = {t: {k for r in rs for h in r.history for k in h} for t, rs in by_type.items()}
+    # Logged keys; a table's or an image's fields are read back as "<key>.<field>".
+    history = {
+        t: {k.split(".", 1)[0] for r in rs for h in r.history for k in h}
+        for t, rs in by_type.items()
+    }
     panels = _panels(workspace)
     for section, job_type in (
         ("uc runs: per-epoch curves", "uc"),
@@ -123,7 +127,12 @@ def test_offline_the_report_writes_a_workspace_whose_panels_show_logged_data(tmp
     }
     chart, scatter, media = panels["Protected accuracy vs global batch size (Figures 3-4)"]
     reported = history["report"]
-    assert chart["query"]["summaryTable"]["tableKey"] in reported
+    table_key = chart["query"]["summaryTable"]["tableKey"]
+    assert table_key in reported
+    (report_run,) = by_type["report"]
+    (logged,) = [h for h in report_run.history if f"{table_key}.path" in h]
+    table = json.loads((report_run.path / "files" / logged[f"{table_key}.path"]).read_text())
+    assert set(chart["chart_fields"].values()) <= set(table["columns"])
     assert set(media["media_keys"]) <= reported
     assert {p["table_name"] for p in panels["Evaluation tables"]} <= reported
     for run in by_type["victim"]:
