@@ -12,11 +12,12 @@ import torch
 
 from tests.conftest import run_cli
 from ue_sweep.cli import numeric_groups, quote_numeric_choices
-from ue_sweep.config import BatchSizeConfig, RootConfig, to_root_config, validate
+from ue_sweep.config import BatchSizeConfig, RootConfig
 from ue_sweep.data.registry import load_dataset
 from ue_sweep.errors import ConfigError, MissingFileError
 from ue_sweep.pipeline import check_against_data
 from ue_sweep.sweep import plain_override
+from ue_sweep.validation import to_root_config, validate
 
 
 def test_default_config_is_the_digits_demo(compose_cfg):

@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ue_sweep.config import register_schema, to_root_config
+from ue_sweep.config import register_schema
 from ue_sweep.distributed import env_from_launcher
 from ue_sweep.errors import UserError
 from ue_sweep.job import run_job
@@ -30,6 +30,7 @@ from ue_sweep.preflight import check_command_line
 from ue_sweep.summary import format_summary
 from ue_sweep.sweep import SWEEP_NAME_ENV, plain_override, sweep_name
 from ue_sweep.tracking import ResultRecorder
+from ue_sweep.validation import to_root_config
 
 log = logging.getLogger(__name__)
 

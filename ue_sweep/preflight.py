@@ -32,11 +32,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from ue_sweep.checkpoint import fingerprint
-from ue_sweep.config import schema_keys, to_root_config
 from ue_sweep.distributed import env_from_launcher
 from ue_sweep.errors import ConfigError, UserError
 from ue_sweep.sweep import grid_overrides
 from ue_sweep.tracking import RESULT_FILE
+from ue_sweep.validation import schema_keys, to_root_config
 
 # Hydra flags that print something instead of running a job.
 _NOT_A_RUN = ("help", "hydra_help", "cfg", "info", "shell_completion")
