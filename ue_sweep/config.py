@@ -202,15 +202,16 @@ class GeneratorConfig:
     monitor_images: int = setting(4096, ge=0)
 
 
-CONTROLS = ("uniform", "sign", "untrained")
+@dataclass
+class VictimConfig(ModelSpec, TrainingConfig):
+    """The model and recipe of every victim an evaluation trains from scratch."""
 
 
 @dataclass
-class VictimConfig(ModelSpec, TrainingConfig):
-    # Victims on control noise with UC's cluster structure (uc/controls.py): `uniform` in
-    # [-eps, eps]; `sign` (random +-1 per pixel) and `untrained` (the generator bank before
-    # training) scaled to the UC noise's energy per cluster.
-    controls: list[str] = setting(list(CONTROLS), one_of=CONTROLS)  # noqa: RUF009 (a factory)
+class UCConfig:
+    # Evaluate an existing protection instead of computing one: a job directory (its
+    # noise.pt), a noise.pt, or a protected_train.pt (uc/source.py).
+    source: str | None = None
 
 
 @dataclass
@@ -257,6 +258,9 @@ class LoggerConfig:
 @dataclass
 class PathsConfig:
     data_dir: str = "data"
+    # Finished stages shared by jobs (artifacts.py); null: `artifacts/` next to the job's
+    # directory, so the jobs of a sweep share one store.
+    artifact_dir: str | None = None
 
 
 @dataclass
@@ -270,6 +274,10 @@ class RootConfig:
     clusters: ClustersConfig = field(default_factory=ClustersConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     victim: VictimConfig = field(default_factory=VictimConfig)
+    uc: UCConfig = field(default_factory=UCConfig)
+    # The evaluations to run, in order: `evals.<name>` is the structured config of
+    # ue_sweep/evals/<name>.py (typed and checked by `validate`).
+    evals: dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -321,6 +329,9 @@ def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any, dict[str, Any
         key = f"{prefix}{f.name}"
         if is_dataclass(value):
             yield from _walk(value, key + ".")
+        elif isinstance(value, dict) and all(is_dataclass(v) for v in value.values()):
+            for name, child in value.items():  # `evals`: one structured config per entry
+                yield from _walk(child, f"{key}.{name}.")
         else:
             yield key, value, dict(f.metadata)
 
@@ -375,7 +386,12 @@ def check_host(cfg: RootConfig) -> None:
     from ue_sweep.models.weights import check_surrogate_weights
 
     check_dataset(cfg.dataset, cfg.paths, cfg.surrogate)
-    check_surrogate_weights(cfg.surrogate)
+    if cfg.uc.source is None:
+        check_surrogate_weights(cfg.surrogate)
+    else:
+        from ue_sweep.uc.source import check_source
+
+        check_source(cfg.uc.source)
 
 
 def _check_accelerator(
@@ -402,6 +418,9 @@ def validate(cfg: RootConfig, on_this_host: bool = True) -> RootConfig:
     ``on_this_host=False`` leaves out :func:`check_host`, for a job that a scheduler will run
     on another machine (a login node has no GPU and may not see the compute nodes' files).
     """
+    from ue_sweep.evals import typed_configs
+
+    cfg.evals = typed_configs(cfg.evals)
     for key, value, rules in _walk(cfg):
         _check_field(key, value, rules)
     _check_cross_fields(cfg)
