@@ -194,15 +194,16 @@ class GeneratorConfig:
     monitor_images: int = setting(4096, ge=0)
 
 
-CONTROLS = ("uniform", "sign", "untrained")
+@dataclass
+class VictimConfig(ModelSpec, TrainingConfig):
+    """The model and recipe of every victim an evaluation trains from scratch."""
 
 
 @dataclass
-class VictimConfig(ModelSpec, TrainingConfig):
-    # Victims on control noise with UC's cluster structure (uc/controls.py): `uniform` in
-    # [-eps, eps]; `sign` (random +-1 per pixel) and `untrained` (the generator bank before
-    # training) scaled to the UC noise's energy per cluster.
-    controls: list[str] = setting(list(CONTROLS), one_of=CONTROLS)  # noqa: RUF009 (a factory)
+class UCConfig:
+    # Evaluate an existing protection instead of computing one: a job directory (its
+    # noise.pt), a noise.pt, or a protected_train.pt (uc/source.py).
+    source: str | None = None
 
 
 @dataclass
@@ -243,6 +244,9 @@ class LoggerConfig:
 @dataclass
 class PathsConfig:
     data_dir: str = "data"
+    # Finished stages shared by jobs (artifacts.py); null: `artifacts/` next to the job's
+    # directory, so the jobs of a sweep share one store.
+    artifact_dir: str | None = None
 
 
 @dataclass
@@ -256,6 +260,10 @@ class RootConfig:
     clusters: ClustersConfig = field(default_factory=ClustersConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     victim: VictimConfig = field(default_factory=VictimConfig)
+    uc: UCConfig = field(default_factory=UCConfig)
+    # The evaluations to run, in order: `evals.<name>` is the structured config of
+    # ue_sweep/evals/<name>.py (typed and checked by `validate`).
+    evals: dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

@@ -13,13 +13,15 @@ dataclass per ``ue_sweep/evals/<name>.py``) plug in through :data:`GROUPS`; see 
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from ue_sweep import config
+from ue_sweep import config, evals
 from ue_sweep.config import RootConfig, TrainerConfig, TrainingConfig, check_cross_fields
 from ue_sweep.data import medmnist2d
 from ue_sweep.data.registry import check_dataset, dataset_names
@@ -27,6 +29,7 @@ from ue_sweep.errors import ConfigError
 from ue_sweep.loggers import backend_names
 from ue_sweep.models.classifiers import arch_names
 from ue_sweep.models.weights import check_surrogate_weights
+from ue_sweep.uc.source import check_source
 
 # ``config.Registry(name)`` -> the registry's accepted names, asked only for a field that is set
 # (MedMNIST's flags import medmnist, which takes seconds).
@@ -57,8 +60,8 @@ class Group:
     check: Callable[[str, Any, RootConfig], None] | None = None
 
 
-# RootConfig field -> its Group. Empty until a group such as ``evals`` is plugged in.
-GROUPS: dict[str, Group] = {}
+# RootConfig field -> its Group.
+GROUPS: dict[str, Group] = {"evals": Group(schemas=evals.schemas)}
 
 
 def registry_names(name: str) -> Sequence[str | int]:
@@ -70,6 +73,7 @@ def schema_keys() -> dict[str, str]:
     """Every dotted key of the schema -> its annotated type, the plugged-in groups' included."""
     keys = dict(config.schema_keys())
     for field_name, group in GROUPS.items():
+        keys[field_name] = "Group"  # not an open dict: only its entries' keys are known
         for name, schema in group.schemas().items():
             keys[f"{field_name}.{name}"] = schema.__name__
             keys |= config.schema_keys(schema, f"{field_name}.{name}.")
@@ -86,9 +90,27 @@ def group_entries(field_name: str, entries: Mapping[str, Any]) -> dict[str, Any]
         if isinstance(entry, schemas[name]):
             built[name] = entry
             continue
-        merged = OmegaConf.merge(OmegaConf.structured(schemas[name]), entry or {})
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(schemas[name]), entry or {})
+        except OmegaConfBaseException as err:
+            raise _entry_error(f"{field_name}.{name}", schemas[name], err) from None
         built[name] = OmegaConf.to_object(merged)
     return built
+
+
+def _entry_error(prefix: str, schema: type, err: OmegaConfBaseException) -> ConfigError:
+    """An entry's unknown key or wrong type, named as a command-line key, with the nearest."""
+    known = [f.name for f in fields(schema)]
+    key = str(getattr(err, "full_key", "") or getattr(err, "key", "") or "")
+    nearest = difflib.get_close_matches(key.rpartition(".")[2], known, n=1, cutoff=0.6)
+    hint = f"; did you mean {nearest[0]}?" if nearest else ""
+    if key not in known:
+        return ConfigError(
+            f"{prefix}.{key}", None, f"a known key (keys of {prefix}: {', '.join(known)}){hint}"
+        )
+    return ConfigError(
+        f"{prefix}.{key}", getattr(err, "value", None), f"a value of its type {hint}"
+    )
 
 
 def _check_groups(cfg: RootConfig) -> None:
@@ -103,7 +125,10 @@ def check_host(cfg: RootConfig) -> None:
     """Rules about the machine that runs the job: its devices, the data and weight files."""
     _check_accelerator(cfg.trainer, (("victim", cfg.victim), ("surrogate.fit", cfg.surrogate.fit)))
     check_dataset(cfg.dataset, cfg.paths, cfg.surrogate)
-    check_surrogate_weights(cfg.surrogate)
+    if cfg.uc.source is None:
+        check_surrogate_weights(cfg.surrogate)
+    else:
+        check_source(cfg.uc.source)
 
 
 def _check_accelerator(
