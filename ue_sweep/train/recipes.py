@@ -21,6 +21,11 @@ from ue_sweep.data.batches import Batch
 from ue_sweep.distributed import Runtime
 
 
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Logits at float32 at least (bf16 under autocast), for the loss."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside DDP: forward passes through it never sync gradients across ranks."""
     return model.module if isinstance(model, DistributedDataParallel) else model
@@ -85,8 +90,8 @@ class VictimRecipe:
     def criterion(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Mean cross-entropy, weighted once :meth:`select` has set weights."""
         if self.weights is None:
-            return F.cross_entropy(logits.float(), batch.labels)
-        losses = F.cross_entropy(logits.float(), batch.labels, reduction="none")
+            return F.cross_entropy(upcast(logits), batch.labels)
+        losses = F.cross_entropy(upcast(logits), batch.labels, reduction="none")
         return self.reduce(losses, batch)
 
     def reduce(self, losses: torch.Tensor, batch: Batch) -> torch.Tensor:
