@@ -140,7 +140,10 @@ def _check_override(override: Override, loader: ConfigLoaderImpl) -> None:
     if loader.repository.group_exists(key):
         options = loader.get_group_options(key)
         for value in _values(override):
-            if value is not None and not override.is_delete() and str(value) not in options:
+            # A multi-select group (`evals=[victims,defenses]`) takes a list of options.
+            chosen = value if isinstance(value, list) else [value]
+            unknown = [v for v in chosen if v is not None and str(v) not in options]
+            if unknown and not override.is_delete():
                 ordered = sorted(options, key=_option_order)
                 raise ConfigError(key, value, "one of: " + ", ".join(ordered))
     elif not override.is_hydra_override() and not _in_schema(key):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -62,6 +63,18 @@ class Group:
 
 # RootConfig field -> its Group.
 GROUPS: dict[str, Group] = {"evals": Group(schemas=evals.schemas)}
+
+
+def register_schemas() -> None:
+    """Put the root schema and each group's dataclasses (``schema/evals/<name>``) in Hydra's
+    ConfigStore. A group option's YAML extends its dataclass (``conf/evals/defenses.yaml``), so
+    the composed entries are typed and an override of one of their keys is checked while
+    composing, like any other key of the schema."""
+    config.register_schema()
+    store = ConfigStore.instance()
+    for field_name, group in GROUPS.items():
+        for name, schema in group.schemas().items():
+            store.store(group=f"schema/{field_name}", name=name, node=schema)
 
 
 def registry_names(name: str) -> Sequence[str | int]:

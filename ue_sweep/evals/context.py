@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -19,10 +19,8 @@ from ue_sweep.models.classifiers import build_classifier
 from ue_sweep.progress import Progress
 from ue_sweep.seeding import derive_seed
 from ue_sweep.train.classifier import train_classifier
+from ue_sweep.train.recipes import VictimRecipe
 from ue_sweep.uc.protection import Protection
-
-if TYPE_CHECKING:
-    from ue_sweep.train.recipes import VictimRecipe
 
 
 @dataclass
@@ -82,7 +80,7 @@ class EvalContext:
                 name=f"victim ({label})",
                 placement=self.placement,
                 checkpoint=self.checkpoints.stage(stage),
-                **({} if recipe is None else {"recipe": recipe}),
+                recipe=recipe,
             )
             return {"result": result.as_dict(), "state": model.state_dict()}
 
