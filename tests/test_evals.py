@@ -124,3 +124,23 @@ def test_a_bare_protected_set_refuses_the_untrained_control_before_training(swee
     assert proc.returncode != 0
     assert "evals.victims.controls" in proc.stderr and "untrained" in proc.stderr
     assert "victim (" not in proc.stdout + proc.stderr
+
+
+def test_a_sweep_over_defenses_trains_the_noise_once(tmp_path):
+    proc = run_cli(
+        [
+            "-m",
+            *SMOKE,
+            "evals=[defenses]",
+            "evals.defenses.on_clean=false",
+            "evals.defenses.methods=[jpeg],[posterize]",
+        ],
+        cwd=tmp_path,
+        UE_SWEEP_NAME="defenses",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("multirun/*/*/result.json"))]
+    assert len(records) == 2
+    for stage in (*UC_STAGES, "victim-none-protected", "victim-none-clean"):
+        assert sorted(r["stages"][stage]["status"] for r in records) == ["computed", "reused"]
+    assert [list(r["evals"]["defenses"]["methods"])[1] for r in records] == ["jpeg", "posterize"]

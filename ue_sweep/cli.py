@@ -153,7 +153,7 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
     if record is None:
         return None
     log.info("\n%s", format_summary(record, str(recorder.path)))
-    return record["metrics"]["accuracy"]
+    return record.get("metrics", {}).get("accuracy")
 
 
 def main() -> None:

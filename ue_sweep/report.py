@@ -54,7 +54,8 @@ BASE_CONDITIONS = ("clean", "protected")
 # Overrides that are table axes (row dataset, column batch, seeds) or change no result: they
 # do not split rows.
 _AXES = ("seed", "dataset", "dataset.name", "batch_size", "batch_size.per_device")
-_NOT_SETTINGS = ("hydra", "logger", "trainer.progress", "trainer.devices")
+# `evals` picks what is measured, not the protection: it never splits a row.
+_NOT_SETTINGS = ("hydra", "logger", "trainer.progress", "trainer.devices", "evals", "paths")
 # Statuses the report lists by name; any other (unreadable, unknown) is listed as unreadable.
 _LISTED = ("completed", "failed", "interrupted", "running")
 

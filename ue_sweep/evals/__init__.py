@@ -82,12 +82,16 @@ class ReportSection:
     #: file name -> function that draws the figure into that path
     figures: dict[str, Callable[[Path], None]]
     csv_name: str
+    #: leading columns that name the row (left-aligned); the others are numbers
+    label_columns: int = 1
 
     def markdown(self) -> str:
         return "\n".join(
             [
                 "| " + " | ".join(self.header) + " |",
-                "| --- |" + " ---: |" * (len(self.header) - 1),
+                "|"
+                + " --- |" * self.label_columns
+                + " ---: |" * (len(self.header) - self.label_columns),
                 *("| " + " | ".join(r) + " |" for r in self.rows),
             ]
         )

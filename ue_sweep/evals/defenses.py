@@ -143,6 +143,7 @@ def report(groups: Mapping[str, Sequence[JobOutcome]]) -> ReportSection | None:
         rows=rows,
         figures={FIGURE: draw},
         csv_name="defenses.csv",
+        label_columns=2,
     )
 
 
