@@ -9,6 +9,11 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+# Idle OpenMP threads sleep instead of spinning: on a shared or small CI machine, spinning threads
+# of concurrent test processes (the CLI jobs a test starts, spawned ranks) slow training by 10-100x.
+# Numerics do not depend on it. Set before torch starts its thread pool; inherited by subprocesses.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig

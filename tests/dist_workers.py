@@ -132,3 +132,27 @@ def collective_loop() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["collective-loop"]:
         collective_loop()
+
+
+def epic_selection(env: DistEnv, out: str) -> None:
+    """Two EPIC selections by a random CNN on 3 imbalanced classes, its proxies in chunks spread
+    over the ranks: the medoid weights (cluster sizes) must not depend on the world size."""
+    from ue_sweep.defenses.epic import Epic, EpicConfig
+
+    with runtime(env, TrainerConfig(accelerator="cpu", timeout_s=60, threads=1)) as rt:
+        g = torch.Generator().manual_seed(4)
+        images = (torch.rand(70, 1, 8, 8, generator=g) * 255).to(torch.uint8)
+        labels = torch.cat([torch.zeros(40), torch.ones(22), torch.full((8,), 2)]).long()
+        torch.manual_seed(0)
+        model = build_classifier(ModelSpec(width=4), in_channels=1, num_classes=3, image_size=8)
+        epic = Epic(EpicConfig(subset_fraction=0.3, start_epoch=0, interval=1, train_on="medoids"))
+        epic.proxy_batch = 16  # several chunks, spread over the ranks
+        masks = []
+        for epoch in range(2):
+            epic.begin_epoch(epoch, model, images, labels, rt, select=True)
+            masks.append(epic.weights.cpu())
+            with torch.no_grad():  # a different model for the second selection
+                for p in model.parameters():
+                    p.mul_(1.5)
+        if rt.is_main:
+            torch.save({"weights": masks, "summary": epic.summary()}, out)

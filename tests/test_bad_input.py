@@ -70,6 +70,36 @@ CASES = [
         False,
     ),
     ("out-of-range-in-sweep", 7, ["-m", "clusters.k=2,1"], "clusters.k=1 is not accepted", False),
+    # issue 17: evaluations, their knobs and the protection to evaluate
+    (
+        "unknown-evaluation",
+        17,
+        ["evals=[victims,nope]"],
+        "expected one of: defenses, victims",
+        False,
+    ),
+    (
+        "typo-eval-key",
+        17,
+        ["evals.victims.control=[sign]"],
+        "did you mean evals.victims.controls?",
+        True,
+    ),
+    (
+        "unknown-defense",
+        17,
+        ["evals=[defenses]", "evals.defenses.methods=[jpg]"],
+        "a list of distinct values of: epic, jpeg",
+        False,
+    ),
+    (
+        "defense-knob-out-of-range",
+        17,
+        ["evals=[defenses]", "evals.defenses.jpeg.quality=0"],
+        "evals.defenses.jpeg.quality=0 is not accepted; expected an integer >= 1",
+        False,
+    ),
+    ("missing-uc-source", 17, ["uc.source=nowhere/job"], "uc.source not found", False),
     # 8: a dataset root that is a regular file
     (
         "dataset-root-is-file",

@@ -12,11 +12,12 @@ import torch
 
 from tests.conftest import run_cli
 from ue_sweep.cli import numeric_groups, quote_numeric_choices
-from ue_sweep.config import BatchSizeConfig, RootConfig, to_root_config, validate
+from ue_sweep.config import BatchSizeConfig, RootConfig
 from ue_sweep.data.registry import load_dataset
 from ue_sweep.errors import ConfigError, MissingFileError
 from ue_sweep.pipeline import check_against_data
 from ue_sweep.sweep import plain_override
+from ue_sweep.validation import to_root_config, validate
 
 
 def test_default_config_is_the_digits_demo(compose_cfg):
@@ -104,8 +105,17 @@ def test_reference_experiment_selects_the_paper_setup(compose_cfg):
         ("generator.n_downsampling=4", "generator.n_downsampling=4", "<= dataset.image_size/2"),
         ("generator.output=sigmoid", "generator.output='sigmoid'", "one of: reference, tanh, ste"),
         ("generator.noise_order=x", "generator.noise_order='x'", "after_augment, before_augment"),
-        ("victim.controls=[uniform,gauss]", "victim.controls=['uniform', 'gauss']", "distinct"),
-        ("victim.controls=[sign,sign]", "victim.controls=['sign', 'sign']", "uniform, sign"),
+        (
+            "evals.victims.controls=[uniform,gauss]",
+            "evals.victims.controls=['uniform', 'gauss']",
+            "distinct",
+        ),
+        (
+            "evals.victims.controls=[sign,sign]",
+            "evals.victims.controls=['sign', 'sign']",
+            "uniform, sign",
+        ),
+        ("+evals.victims.control=[sign]", "evals.victims.control", "did you mean controls?"),
         ("victim.average_last=0", "victim.average_last=0", "an integer >= 1"),
         ("victim.sync_batchnorm=true", "victim.sync_batchnorm=True", "on the CPU"),
     ],
@@ -216,3 +226,20 @@ def test_numeric_groups_are_discovered_from_the_config_tree():
     assert numeric_groups() == {"batch_size", "clusters"}
     assert plain_override('batch_size="256"') == "batch_size=256"
     assert plain_override("dataset=digits") == "dataset=digits"
+
+
+def test_the_hpc_grid_shares_clusters_and_clean_victims_across_batch_sizes(compose_cfg):
+    """The stage keys of the 36 jobs (world size 48, one data digest per dataset): a batch-size
+    grid needs one k-means and one clean victim per dataset, and one generator bank per job."""
+    from ue_sweep.keys import clusters_key, data_identity, generators_key, surrogate_key, victim_key
+
+    keys: dict[str, set[str]] = {"clusters": set(), "generators": set(), "clean": set()}
+    for job in _preset_jobs("hpc_grid"):
+        cfg = to_root_config(compose_cfg(*job), on_this_host=False)
+        data = data_identity(cfg, content=f"sha-of-{cfg.dataset.name}")
+        surrogate = surrogate_key(cfg, data, world_size=48)
+        clusters = clusters_key(cfg, surrogate)
+        keys["clusters"].add(clusters.digest)
+        keys["generators"].add(generators_key(cfg, clusters, world_size=48).digest)
+        keys["clean"].add(victim_key(cfg, data, data["sha256"], world_size=48).digest)
+    assert {k: len(v) for k, v in keys.items()} == {"clusters": 6, "generators": 36, "clean": 6}

@@ -21,7 +21,7 @@ from torchvision.datasets import CIFAR10, Flowers102, OxfordIIITPet
 
 from tests import data_fixtures as fx
 from tests.conftest import SMOKE, run_cli
-from ue_sweep.config import ModelSpec, RootConfig, to_root_config
+from ue_sweep.config import ModelSpec, RootConfig
 from ue_sweep.data import cli as data_cli
 from ue_sweep.data.cache import CACHE_DIR
 from ue_sweep.data.flowers import FlowerColorImages
@@ -30,6 +30,7 @@ from ue_sweep.errors import ConfigError, MissingFileError
 from ue_sweep.models.classifiers import build_classifier
 from ue_sweep.pipeline import run_pipeline
 from ue_sweep.progress import Progress
+from ue_sweep.validation import to_root_config
 
 MEDMNIST = {  # config option -> (flag, gray, classes)
     "pathmnist": ("pathmnist", False, 9),

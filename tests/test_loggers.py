@@ -20,7 +20,7 @@ from PIL import Image
 
 from tests.conftest import SMOKE, ue_sweep_env
 from tests.wandb_records import offline_runs
-from ue_sweep.config import LoggerConfig, to_root_config
+from ue_sweep.config import LoggerConfig
 from ue_sweep.errors import ConfigError
 from ue_sweep.loggers import (
     JobIdentity,
@@ -31,6 +31,7 @@ from ue_sweep.loggers import (
     run_name,
     sweep_key,
 )
+from ue_sweep.validation import to_root_config
 
 
 def _wandb_env(tmp_path: Path, **extra: str) -> dict[str, str]:

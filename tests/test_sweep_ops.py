@@ -272,8 +272,8 @@ def test_a_detached_local_sweep_is_followed_rerun_cancelled_and_reported(tmp_pat
 
 
 def test_a_data_or_weights_file_that_cannot_be_read_is_refused(tmp_path, monkeypatch, compose_cfg):
-    from ue_sweep.config import check_files, to_root_config
     from ue_sweep.errors import MissingFileError
+    from ue_sweep.validation import check_files, to_root_config
 
     (tmp_path / "medmnist").mkdir()
     (tmp_path / "medmnist" / "pathmnist.npz").write_bytes(b"")

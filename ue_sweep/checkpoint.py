@@ -1,10 +1,10 @@
 """Resumable jobs: a fingerprint of what a job computes, and its per-stage checkpoints on disk.
 
 A job directory holds ``checkpoints/<stage>.pt`` (the running state of a training stage, rewritten
-atomically every epoch and on preemption) and ``checkpoints/<stage>.done.pt`` (the outcome of a
-finished stage) until the job completes. Every file carries the job's fingerprint; files from a
-different configuration or world size are ignored, so a re-used job directory never resumes
-someone else's run.
+atomically every epoch and on preemption) until the job completes; finished stages are
+artifacts (``artifacts.py``), shared with the other jobs. Every file carries the job's
+fingerprint; files from a different configuration or world size are ignored, so a re-used job
+directory never resumes someone else's run.
 """
 
 from __future__ import annotations
@@ -117,17 +117,6 @@ class JobCheckpoints:
 
     def stage(self, name: str) -> StageCheckpoint:
         return StageCheckpoint(self._file(name), self.fingerprint, self.writer)
-
-    def done(self, name: str) -> dict[str, Any] | None:
-        """The recorded outcome of a finished stage, or None."""
-        return self.stage(f"{name}.done").load()
-
-    def mark_done(self, name: str, outcome: dict[str, Any]) -> None:
-        """Record a stage's outcome and drop its running checkpoint."""
-        self.stage(f"{name}.done").save(outcome)
-        running = self._file(name)
-        if running is not None and self.writer:
-            running.unlink(missing_ok=True)
 
     def saved(self) -> bool:
         """Whether any stage of this job saved state that a new attempt resumes from."""

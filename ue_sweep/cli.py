@@ -21,7 +21,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ue_sweep.config import register_schema, to_root_config
 from ue_sweep.distributed import env_from_launcher
 from ue_sweep.errors import UserError
 from ue_sweep.job import run_job
@@ -31,6 +30,7 @@ from ue_sweep.preflight import check_command_line
 from ue_sweep.summary import format_summary
 from ue_sweep.sweep import SWEEP_NAME_ENV, plain_override, sweep_name
 from ue_sweep.tracking import ResultRecorder
+from ue_sweep.validation import register_schemas, to_root_config
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def _register_launchers() -> None:
     register()
 
 
-register_schema()
+register_schemas()
 _register_resolvers()
 _register_launchers()
 
@@ -154,7 +154,7 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
     if record is None:
         return None
     log.info("\n%s", format_summary(record, str(recorder.path)))
-    return record["metrics"]["accuracy"]
+    return record.get("metrics", {}).get("accuracy")
 
 
 def main() -> None:

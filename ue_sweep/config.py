@@ -1,10 +1,15 @@
-"""Structured-config schema of a ue-sweep job, and its validation.
+"""Structured-config schema of a ue-sweep job, and the rules it declares.
 
 Hydra composes the YAML files in ``conf/`` on top of :class:`RootConfig` (registered in the
 ConfigStore as ``ue_sweep_schema``), so types are checked while composing. Ranges, choices and
 cross-field rules are declared next to each field with :func:`setting` and checked by
-:func:`validate` before any compute, each failure as one line naming the key, the value and what
-is accepted.
+:func:`ue_sweep.validation.validate` before any compute, each failure as one line naming the key,
+the value and what is accepted.
+
+This module is the bottom of the layout: it imports nothing of ue_sweep but its errors. Choices
+that a registry owns (dataset names, architectures, logger backends) are named here by
+:class:`Registry` and resolved by :mod:`ue_sweep.validation`, which asks the registry; the
+registries import this schema for their types.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from functools import cache
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
 
 from ue_sweep.errors import ConfigError
 
@@ -26,7 +30,19 @@ SCHEMA_NAME = "ue_sweep_schema"
 MAX_BATCH = 2**31 - 1
 
 
-Choices = Sequence[str | int] | Callable[[], Sequence[str | int]]
+@dataclass(frozen=True)
+class Registry:
+    """Choices owned by the registry ``name`` (a key of ``ue_sweep.validation.REGISTRIES``).
+
+    The schema names them instead of importing the registry, which imports the schema.
+    """
+
+    name: str
+
+
+Choices = Sequence[str | int] | Registry
+# Registry name -> the names it accepts; given by the validation layer to :func:`check_fields`.
+Names = Callable[[str], Sequence[str | int]]
 
 
 def setting(
@@ -47,30 +63,6 @@ def setting(
     return field(default=default, metadata=metadata)
 
 
-def _dataset_names() -> Sequence[str]:
-    from ue_sweep.data.registry import dataset_names
-
-    return dataset_names()
-
-
-def _medmnist_flags() -> Sequence[str]:
-    from ue_sweep.data.medmnist2d import flags
-
-    return flags()
-
-
-def _medmnist_sizes() -> Sequence[int]:
-    from ue_sweep.data.medmnist2d import sizes
-
-    return sizes()
-
-
-def _arch_names() -> Sequence[str]:
-    from ue_sweep.models.classifiers import arch_names
-
-    return arch_names()
-
-
 # --------------------------------------------------------------------------------------------
 # Config groups
 # --------------------------------------------------------------------------------------------
@@ -86,14 +78,14 @@ class AugmentConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = setting("digits", one_of=_dataset_names)
+    name: str = setting("digits", one_of=Registry("datasets"))
     # Directory of the dataset's files and preprocessed cache; unset: <paths.data_dir>/<name>.
     root: str | None = None
     # Fetch missing files with the dataset's own reader: only where there is internet access.
     download: bool = False
     # MedMNIST only: the 2D flag and which released image size (npz file) to read.
-    flag: str | None = setting(None, one_of=_medmnist_flags)
-    size: int | None = setting(None, one_of=_medmnist_sizes)
+    flag: str | None = setting(None, one_of=Registry("medmnist_flags"))
+    size: int | None = setting(None, one_of=Registry("medmnist_sizes"))
     # Training resolution; images are resized (shorter side, then centre crop) once and cached.
     image_size: int = setting(32, ge=8, le=1024)
     # `rgb` repeats a gray channel three times, for surrogates with ImageNet weights.
@@ -150,7 +142,7 @@ class TrainingConfig:
 
 @dataclass
 class ModelSpec:
-    arch: str = setting("small_cnn", one_of=_arch_names)
+    arch: str = setting("small_cnn", one_of=Registry("archs"))
     # Channel width of `small_cnn` (ignored by the ResNets).
     width: int = setting(32, ge=4)
     # ResNet stem: `cifar` (3x3 conv, no max-pool) for small images, `imagenet` for large ones.
@@ -202,15 +194,16 @@ class GeneratorConfig:
     monitor_images: int = setting(4096, ge=0)
 
 
-CONTROLS = ("uniform", "sign", "untrained")
+@dataclass
+class VictimConfig(ModelSpec, TrainingConfig):
+    """The model and recipe of every victim an evaluation trains from scratch."""
 
 
 @dataclass
-class VictimConfig(ModelSpec, TrainingConfig):
-    # Victims on control noise with UC's cluster structure (uc/controls.py): `uniform` in
-    # [-eps, eps]; `sign` (random +-1 per pixel) and `untrained` (the generator bank before
-    # training) scaled to the UC noise's energy per cluster.
-    controls: list[str] = setting(list(CONTROLS), one_of=CONTROLS)  # noqa: RUF009 (a factory)
+class UCConfig:
+    # Evaluate an existing protection instead of computing one: a job directory (its
+    # noise.pt), a noise.pt, or a protected_train.pt (uc/source.py).
+    source: str | None = None
 
 
 @dataclass
@@ -227,17 +220,11 @@ class TrainerConfig:
     progress: str = setting("auto", one_of=("auto", "bar", "log", "none"))
 
 
-def _logger_backends() -> Sequence[str]:
-    from ue_sweep.loggers import BACKENDS
-
-    return tuple(BACKENDS)
-
-
 @dataclass
 class LoggerConfig:
     """Experiment tracking of rank 0 (`logger=none | wandb`); never holds credentials."""
 
-    backend: str = setting("none", one_of=_logger_backends)
+    backend: str = setting("none", one_of=Registry("loggers"))
     project: str = "ue-sweep"
     entity: str | None = None
     # W&B run group; null: named after the sweep directory (the run directory of a single run).
@@ -257,6 +244,9 @@ class LoggerConfig:
 @dataclass
 class PathsConfig:
     data_dir: str = "data"
+    # Finished stages shared by jobs (artifacts.py); null: `artifacts/` next to the job's
+    # directory, so the jobs of a sweep share one store.
+    artifact_dir: str | None = None
 
 
 @dataclass
@@ -270,6 +260,10 @@ class RootConfig:
     clusters: ClustersConfig = field(default_factory=ClustersConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     victim: VictimConfig = field(default_factory=VictimConfig)
+    uc: UCConfig = field(default_factory=UCConfig)
+    # The evaluations to run, in order: `evals.<name>` is the structured config of
+    # ue_sweep/evals/<name>.py (typed and checked by `validate`).
+    evals: dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -280,7 +274,7 @@ def register_schema() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Validation
+# Rule checks (the registries' names and checks are asked by ue_sweep.validation)
 # --------------------------------------------------------------------------------------------
 
 
@@ -293,7 +287,7 @@ def _check_field(key: str, value: Any, rules: dict[str, Any]) -> None:
         return
     if "one_of" in rules:
         choices = rules["one_of"]
-        choices = tuple(choices() if callable(choices) else choices)
+        choices = tuple(choices)
         if isinstance(value, list):
             if len(set(value)) != len(value) or not set(value) <= set(choices):
                 accepted = ", ".join(str(c) for c in choices)
@@ -337,7 +331,20 @@ def schema_keys(node: type = RootConfig, prefix: str = "") -> dict[str, str]:
     return keys
 
 
-def _check_cross_fields(cfg: RootConfig) -> None:
+def check_fields(node: Any, names: Names, prefix: str = "") -> None:
+    """Check every field's declared rule in ``node`` (a dataclass), nested ones included.
+
+    A choice list named by :class:`Registry` is asked of ``names``, so the schema needs no
+    registry.
+    """
+    for key, value, rules in _walk(node, prefix):
+        if value is not None and isinstance(rules.get("one_of"), Registry):
+            rules["one_of"] = names(rules["one_of"].name)
+        _check_field(key, value, rules)
+
+
+def check_cross_fields(cfg: RootConfig) -> None:
+    """The rules between fields that the schema alone decides (no registry, no host)."""
     k = cfg.clusters.k
     if cfg.clusters.target == "cyclic" and not cfg.clusters.offset < k:
         raise ConfigError("clusters.offset", cfg.clusters.offset, f"1 <= offset < clusters.k={k}")
@@ -363,65 +370,3 @@ def _check_cross_fields(cfg: RootConfig) -> None:
             f"unset with surrogate.weights={cfg.surrogate.weights} "
             "(add surrogate.weights=path to load a checkpoint)",
         )
-    from ue_sweep.data.registry import check_dataset
-
-    check_dataset(cfg.dataset, cfg.paths, cfg.surrogate, files=False)
-
-
-def check_host(cfg: RootConfig) -> None:
-    """Rules about the machine that runs the job: its devices, the data and weight files."""
-    _check_accelerator(cfg.trainer, (("victim", cfg.victim), ("surrogate.fit", cfg.surrogate.fit)))
-    check_files(cfg)
-
-
-def check_files(cfg: RootConfig) -> None:
-    """The job's dataset and surrogate weight files are there and readable.
-
-    Separate from the device checks: a login node sees the shared file system the compute nodes
-    read, so a sweep is checked here before any job is queued.
-    """
-    from ue_sweep.data.registry import check_dataset
-    from ue_sweep.models.weights import check_surrogate_weights
-
-    check_dataset(cfg.dataset, cfg.paths, cfg.surrogate)
-    check_surrogate_weights(cfg.surrogate)
-
-
-def _check_accelerator(
-    trainer: TrainerConfig, recipes: Sequence[tuple[str, TrainingConfig]]
-) -> None:
-    import torch
-
-    has_cuda = torch.cuda.is_available()
-    if trainer.accelerator == "cuda" and not has_cuda:
-        raise ConfigError("trainer.accelerator", "cuda", "auto or cpu: no CUDA device is visible")
-    uses_cuda = trainer.accelerator == "cuda" or (trainer.accelerator == "auto" and has_cuda)
-    if trainer.backend == "nccl" and not uses_cuda:
-        raise ConfigError("trainer.backend", "nccl", "auto or gloo when training on the CPU")
-    for key, recipe in recipes:
-        if recipe.sync_batchnorm and not uses_cuda:
-            raise ConfigError(
-                f"{key}.sync_batchnorm", True, "null or false when training on the CPU"
-            )
-
-
-def validate(cfg: RootConfig, on_this_host: bool = True) -> RootConfig:
-    """Check every field's declared rule, then the rules that span fields. Raises ConfigError.
-
-    ``on_this_host=False`` leaves out :func:`check_host`, for a job that a scheduler will run
-    on another machine (a login node has no GPU and may not see the compute nodes' files).
-    """
-    for key, value, rules in _walk(cfg):
-        _check_field(key, value, rules)
-    _check_cross_fields(cfg)
-    if on_this_host:
-        check_host(cfg)
-    return cfg
-
-
-def to_root_config(cfg: DictConfig | RootConfig, on_this_host: bool = True) -> RootConfig:
-    """Turn a composed Hydra config into a validated :class:`RootConfig` instance."""
-    if isinstance(cfg, RootConfig):
-        return validate(cfg, on_this_host)
-    merged = OmegaConf.merge(OmegaConf.structured(RootConfig), cfg)
-    return validate(OmegaConf.to_object(merged), on_this_host)

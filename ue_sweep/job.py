@@ -20,6 +20,7 @@ from typing import Any
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from ue_sweep import preemption
+from ue_sweep.artifacts import ArtifactStore
 from ue_sweep.checkpoint import CHECKPOINT_DIR, JobCheckpoints, earlier_attempt, fingerprint
 from ue_sweep.config import RootConfig
 from ue_sweep.distributed import DistEnv, env_from_launcher, runtime, spawn
@@ -61,6 +62,13 @@ def _configure_spawned_logging(env: DistEnv, log_file: Path | None) -> None:
     root.setLevel(logging.INFO)
 
 
+def artifact_dir(cfg: RootConfig, job_dir: Path) -> Path:
+    """``paths.artifact_dir``, or ``artifacts/`` next to the job: shared by a sweep's jobs."""
+    if cfg.paths.artifact_dir:
+        return Path(cfg.paths.artifact_dir).expanduser().absolute()
+    return job_dir.absolute().parent / "artifacts"
+
+
 def _rank_main(
     env: DistEnv,
     cfg: RootConfig,
@@ -84,9 +92,10 @@ def _rank_main(
         record=job_dir / PROGRESS_FILE,
     )
     writer = replace(checkpoints, writer=env.is_main)
+    store = ArtifactStore(artifact_dir(cfg, job_dir), producer=str(job_dir))
     try:
         with runtime(env, cfg.trainer) as rt:
-            outcome = run_pipeline(cfg, rt, job_dir, progress, writer)
+            outcome = run_pipeline(cfg, rt, job_dir, progress, writer, store)
     except Preempted as stop:
         if env.is_main:
             recorder.preempted(stop)

@@ -302,6 +302,11 @@ BACKENDS: dict[str, Callable[[LoggerConfig, JobIdentity], RunLogger]] = {
 }
 
 
+def backend_names() -> tuple[str, ...]:
+    """The ``logger.backend`` choices, asked by ue_sweep.validation."""
+    return tuple(BACKENDS)
+
+
 def build_logger(cfg: LoggerConfig, job: JobIdentity) -> RunLogger:
     """The tracker selected by the ``logger`` config group."""
     return BACKENDS[cfg.backend](cfg, job)

@@ -1,9 +1,9 @@
 """The stages of one Unlearnable Clusters job, as run by every rank.
 
-data -> surrogate -> features -> k-means -> fused generator training -> protected set and
-control sets (uc/controls.py) -> victims trained from scratch on clean, protected and control
-data -> clean-test accuracy of each. Rank 0 writes the artifacts; the caller writes the result
-file.
+data -> surrogate -> features -> k-means -> fused generator training -> noise and protected set
+-> the selected evaluations (``ue_sweep/evals``: victims, defenses, ...). Every finished stage is
+an artifact (``artifacts.py``, keyed as ``keys.py`` says): a job reuses what another job with the
+same inputs computed. Rank 0 writes the job's files; the caller writes the result file.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ue_sweep.artifacts import ArtifactStore, StageKey, Stages
 from ue_sweep.checkpoint import NO_CHECKPOINTS, JobCheckpoints
 from ue_sweep.config import RootConfig
 from ue_sweep.data.placement import Placement, resolve_placement
@@ -24,17 +25,26 @@ from ue_sweep.data.registry import load_dataset
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.distributed import Runtime
 from ue_sweep.errors import ConfigError
+from ue_sweep.evals import evaluations
+from ue_sweep.evals.context import EvalContext
+from ue_sweep.keys import (
+    clusters_key,
+    content_digest,
+    data_identity,
+    generators_key,
+    surrogate_key,
+)
 from ue_sweep.media import NOISE_PNG, SAMPLES_PNG, noise_grid, sample_grid, save_png
-from ue_sweep.models.classifiers import FeatureClassifier, build_classifier
+from ue_sweep.models.classifiers import FeatureClassifier
 from ue_sweep.models.generators import GeneratorBank
 from ue_sweep.progress import Progress
 from ue_sweep.seeding import derive_seed
 from ue_sweep.tracking import atomic_torch_save
-from ue_sweep.train.classifier import train_classifier
 from ue_sweep.uc.clustering import Clusters, cluster_features
-from ue_sweep.uc.controls import control_noises, rms
 from ue_sweep.uc.features import extract_features
 from ue_sweep.uc.noise import apply_cluster_noise
+from ue_sweep.uc.protection import Protection
+from ue_sweep.uc.source import load_source
 from ue_sweep.uc.surrogate import build_surrogate
 from ue_sweep.uc.train_generators import GeneratorStats, train_generators
 
@@ -60,7 +70,7 @@ class StageTimer:
 def check_against_data(cfg: RootConfig, data: ImageSplits) -> None:
     """Rules that need the loaded dataset; still before any compute."""
     n = len(data.train_images)
-    if cfg.clusters.k > n:
+    if cfg.uc.source is None and cfg.clusters.k > n:
         raise ConfigError(
             "clusters.k", cfg.clusters.k, f"at most the {n} training images of {data.name}"
         )
@@ -102,30 +112,24 @@ def _clusters(
     rt: Runtime,
     progress: Progress,
     timer: StageTimer,
-    checkpoints: JobCheckpoints,
+    stages: Stages,
+    key: StageKey,
 ) -> Clusters:
-    done = checkpoints.done("clusters")
-    if done is not None:
-        return Clusters(
-            **{k: v.to(rt.device) if torch.is_tensor(v) else v for k, v in done["clusters"].items()}
-        )
-    with timer("features"):
-        features = extract_features(surrogate, data.train_images, FEATURE_BATCH, rt)
-    with timer("kmeans"), progress.stage("k-means", total_steps=1) as kmeans:
-        clusters = cluster_features(features, cfg.clusters, cfg.seed, rt)
-        kmeans.advance()
-    checkpoints.mark_done(
-        "clusters",
-        {
-            "clusters": {
-                "ids": clusters.ids.cpu(),
-                "centers": clusters.centers.cpu(),
-                "targets": clusters.targets.cpu(),
-                "inertia": clusters.inertia,
-            }
-        },
-    )
-    return clusters
+    def compute() -> dict[str, Any]:
+        with timer("features"):
+            features = extract_features(surrogate, data.train_images, FEATURE_BATCH, rt)
+        with timer("kmeans"), progress.stage("k-means", total_steps=1) as kmeans:
+            clusters = cluster_features(features, cfg.clusters, cfg.seed, rt)
+            kmeans.advance()
+        return {
+            "ids": clusters.ids.cpu(),
+            "centers": clusters.centers.cpu(),
+            "targets": clusters.targets.cpu(),
+            "inertia": clusters.inertia,
+        }
+
+    found = stages.run("clusters", key, compute)
+    return Clusters(**{k: v.to(rt.device) if torch.is_tensor(v) else v for k, v in found.items()})
 
 
 def _new_bank(cfg: RootConfig, k: int, data: ImageSplits, rt: Runtime) -> GeneratorBank:
@@ -154,120 +158,140 @@ def _generators(
     progress: Progress,
     placement: Placement,
     checkpoints: JobCheckpoints,
+    stages: Stages,
+    key: StageKey,
 ) -> tuple[GeneratorBank, GeneratorStats]:
     bank = _new_bank(cfg, clusters.k, data, rt)
-    done = checkpoints.done("generators")
-    if done is not None:
-        bank.load_state_dict(done["bank"])
-        return bank, GeneratorStats(**done["stats"])
-    stats = train_generators(
-        bank,
-        surrogate,
-        data.train_images,
-        data.train_labels,
-        clusters,
-        cfg.generator,
-        cfg.batch_size,
-        cfg.dataset.augment,
-        rt,
-        seed=derive_seed(cfg.seed, "generator-data"),
-        progress=progress,
-        placement=placement,
-        checkpoint=checkpoints.stage("generators"),
-    )
-    checkpoints.mark_done("generators", {"bank": bank.state_dict(), "stats": stats.as_dict()})
-    return bank, stats
+
+    def compute() -> dict[str, Any]:
+        stats = train_generators(
+            bank,
+            surrogate,
+            data.train_images,
+            data.train_labels,
+            clusters,
+            cfg.generator,
+            cfg.batch_size,
+            cfg.dataset.augment,
+            rt,
+            seed=derive_seed(cfg.seed, "generator-data"),
+            progress=progress,
+            placement=placement,
+            checkpoint=checkpoints.stage("generators"),
+        )
+        return {"bank": bank.state_dict(), "stats": stats.as_dict()}
+
+    found = stages.run("generators", key, compute)
+    bank.load_state_dict(found["bank"])
+    return bank, GeneratorStats(**found["stats"])
 
 
-def _victim(
+def _protect(
     cfg: RootConfig,
-    condition: str,
-    train_images: torch.Tensor,
     data: ImageSplits,
+    identity: dict[str, Any],
     rt: Runtime,
+    job_dir: Path,
     progress: Progress,
     placement: Placement,
     checkpoints: JobCheckpoints,
-) -> dict[str, Any]:
-    stage = f"victim-{condition}"
-    done = checkpoints.done(stage)
-    if done is not None:
-        return done["result"]
-    # Same initial weights and data order for every condition: only the images differ.
-    torch.manual_seed(derive_seed(cfg.seed, "victim-init"))
-    model = build_classifier(
-        cfg.victim,
-        in_channels=data.channels,
-        num_classes=data.num_classes,
-        image_size=data.image_size,
-    ).to(rt.device)
-    outcome = train_classifier(
-        model,
-        train_images,
-        data.train_labels,
-        data.test_images,
-        data.test_labels,
-        data.num_classes,
-        cfg.victim,
-        cfg.dataset.augment,
-        rt,
-        seed=derive_seed(cfg.seed, "victim-data"),
-        progress=progress,
-        name=f"victim ({condition})",
-        placement=placement,
-        checkpoint=checkpoints.stage(stage),
-    ).as_dict()
-    checkpoints.mark_done(stage, {"result": outcome})
-    return outcome
-
-
-def _energy(
-    train_sets: dict[str, torch.Tensor],
-    noise: torch.Tensor,
-    controls: dict[str, torch.Tensor],
-    eps: float,
-) -> dict[str, dict[str, float]]:
-    """Mean per-cluster RMS of each condition's noise, and the RMS of the change it makes to the
-    published uint8 images (after clamping to [0, 1] and rounding): equal-strength controls
-    show equal numbers here."""
-    clean = train_sets["clean"]
-    out = {}
-    for name, n in {"protected": noise, **controls}.items():
-        published = 0.0
-        for start in range(0, len(clean), FEATURE_BATCH):
-            sl = slice(start, start + FEATURE_BATCH)
-            diff = train_sets[name][sl].float() - clean[sl].float()
-            published += float(diff.pow_(2).sum(dtype=torch.float64)) / 255**2
-        noise_rms = float(rms(n).mean())
-        out[name] = {
-            "noise_rms": noise_rms,
-            "published_rms": (published / clean.numel()) ** 0.5,
-            "noise_rms_over_eps": noise_rms / eps,
-        }
-    return out
-
-
-def victim_metrics(
-    victims: dict[str, dict[str, Any]],
-    controls: list[str],
-    energy: dict[str, dict[str, float]],
-) -> dict[str, Any]:
-    """The job's headline numbers: each condition's accuracy averaged over the victims' last
-    epochs, and how far protected data falls below clean data and below the strongest control
-    (the control whose victim scores lowest)."""
-    accuracy = {c: v["mean_last"]["accuracy"] for c, v in victims.items()}
-    strongest = min(controls, key=accuracy.__getitem__) if controls else None
-    return {
-        "accuracy": accuracy,
-        "final_accuracy": {c: v["accuracy"] for c, v in victims.items()},
-        "balanced_accuracy": {c: v["mean_last"]["balanced_accuracy"] for c, v in victims.items()},
-        "averaged_epochs": next(iter(victims.values()))["mean_last"]["epochs"],
-        "accuracy_drop": accuracy["clean"] - accuracy["protected"],
-        "strongest_control": strongest,
-        "control_gap": None if strongest is None else accuracy[strongest] - accuracy["protected"],
-        "energy": energy,
-        "victims": victims,
+    stages: Stages,
+    timer: StageTimer,
+) -> tuple[Protection, dict[str, Any]]:
+    """UC itself: surrogate, clusters, generators, and the noise they make."""
+    key = surrogate_key(cfg, identity, rt.world_size)
+    with timer("surrogate"):
+        surrogate, surrogate_info = build_surrogate(
+            cfg, data, rt, progress, placement, stages, key, checkpoints
+        )
+    if rt.is_main and cfg.surrogate.weights == "fit":
+        atomic_torch_save(job_dir / SURROGATE_FILE, surrogate.state_dict())
+    key = clusters_key(cfg, key)
+    clusters = _clusters(cfg, surrogate, data, rt, progress, timer, stages, key)
+    progress.info(
+        "k-means: %d clusters of sizes %s, NMI with the classes %.2f",
+        clusters.k,
+        clusters.sizes,
+        clusters.label_agreement(data.train_labels),
+    )
+    with timer("generators"):
+        bank, stats = _generators(
+            cfg,
+            surrogate,
+            data,
+            clusters,
+            rt,
+            progress,
+            placement,
+            checkpoints,
+            stages,
+            generators_key(cfg, key, rt.world_size),
+        )
+    with timer("noise"), torch.no_grad():
+        noise = bank().float()
+        protected = apply_cluster_noise(data.train_images, clusters.ids, noise)
+    protection = Protection(
+        noise=noise,
+        cluster_ids=clusters.ids,
+        eps=cfg.generator.eps,
+        images=protected,
+        untrained=lambda: _new_bank(cfg, clusters.k, data, rt)().float(),
+        source="computed",
+        extra={"centers": clusters.centers.cpu(), "targets": clusters.targets.cpu()},
+    )
+    outcome = {
+        "batch": {
+            "per_device": stats.per_device_batch,
+            "global": stats.global_batch,
+            "lr_scaling": cfg.batch_size.lr_scaling,
+            "lr_factor": stats.lr_factor,
+        },
+        "surrogate": surrogate_info,
+        "clusters": clusters.summary(data.train_labels),
+        "generator": stats.as_dict(),
+        "throughput": {
+            "generator_images_per_s": stats.images_per_s,
+            "generator_samples_per_s": stats.samples_per_s,
+        },
     }
+    return protection, outcome
+
+
+def _publish(
+    cfg: RootConfig, data: ImageSplits, p: Protection, job_dir: Path, tracker: Any
+) -> None:
+    """Rank 0: the noise, the protected set as it would be published, and their pictures."""
+    atomic_torch_save(
+        job_dir / NOISE_FILE,
+        {
+            "noise": p.noise.cpu(),
+            "cluster_ids": p.cluster_ids.cpu(),
+            "eps": p.eps,
+            **p.extra,
+        },
+    )
+    if cfg.save_protected:
+        atomic_torch_save(
+            job_dir / PROTECTED_FILE,
+            {
+                "images": p.images.cpu(),
+                "labels": data.train_labels.cpu(),
+                "classes": list(data.classes),
+            },
+        )
+    pictures = {
+        "noise": noise_grid(p.noise, p.eps),
+        "samples": sample_grid(data.train_images, p.images, p.cluster_ids, p.noise, p.eps),
+    }
+    save_png(job_dir / NOISE_PNG, pictures["noise"])
+    save_png(job_dir / SAMPLES_PNG, pictures["samples"])
+    tracker.log_images(
+        pictures,
+        captions={
+            "noise": "UC noise of each cluster, [-eps, eps] shown as [0, 1]",
+            "samples": "per cluster: noise, a clean training image, its protected version",
+        },
+    )
 
 
 def run_pipeline(
@@ -276,22 +300,32 @@ def run_pipeline(
     job_dir: Path,
     progress: Progress,
     checkpoints: JobCheckpoints = NO_CHECKPOINTS,
+    store: ArtifactStore | None = None,
 ) -> dict[str, Any]:
     """Run every stage on this rank; returns the outcome that goes into ``result.json``.
 
-    Stages finished by an earlier attempt of the job are restored from ``checkpoints``, and the
-    interrupted one resumes from its last checkpoint. ``timings_s`` are this attempt's wall times;
-    the training stages report their seconds over all attempts.
+    A stage that a job with the same inputs finished before (this one, in an earlier attempt,
+    or another job of the sweep) is loaded from ``store``; the interrupted one resumes from its
+    checkpoint in ``checkpoints``. ``timings_s`` are this attempt's wall times; the training
+    stages report their seconds over all attempts. ``stages`` says which were reused.
 
-    ``progress.run_logger`` gets one run per stage: ``uc`` up to the noise, then ``victim``.
+    ``progress.run_logger`` gets one run per stage: ``uc`` up to the noise, then one per
+    evaluation.
     """
     timer = StageTimer()
     started = time.perf_counter()
+    stages = Stages(rt, store)
     tracker = progress.run_logger
     tracker.start_stage("uc")
     with timer("data"):
         data = _load_data(cfg, rt)
         check_against_data(cfg, data)
+        identity = data_identity(
+            cfg,
+            content_digest(
+                rt, data.train_images, data.train_labels, data.test_images, data.test_labels
+            ),
+        )
         placement = resolve_placement(cfg.dataset, data, rt.device)
         data = _on_device(data, rt.device, placement)
     progress.info(
@@ -307,80 +341,15 @@ def run_pipeline(
         rt.world_size,
         rt.device,
     )
-
-    with timer("surrogate"):
-        surrogate, surrogate_info = build_surrogate(cfg, data, rt, progress, placement, checkpoints)
-    if rt.is_main and cfg.surrogate.weights == "fit":
-        atomic_torch_save(job_dir / SURROGATE_FILE, surrogate.state_dict())
-
-    clusters = _clusters(cfg, surrogate, data, rt, progress, timer, checkpoints)
-    progress.info(
-        "k-means: %d clusters of sizes %s, NMI with the classes %.2f",
-        clusters.k,
-        clusters.sizes,
-        clusters.label_agreement(data.train_labels),
-    )
-
-    with timer("generators"):
-        bank, generator_stats = _generators(
-            cfg, surrogate, data, clusters, rt, progress, placement, checkpoints
+    if cfg.uc.source is None:
+        protection, uc_outcome = _protect(
+            cfg, data, identity, rt, job_dir, progress, placement, checkpoints, stages, timer
         )
-
-    g = cfg.generator
-    with timer("noise"), torch.no_grad():
-        noise = bank().float()
-        controls = control_noises(
-            cfg.victim.controls,
-            noise,
-            g.eps,
-            cfg.seed,
-            untrained=lambda: _new_bank(cfg, clusters.k, data, rt)().float(),
-        )
-        train_sets = {"clean": data.train_images} | {
-            name: apply_cluster_noise(data.train_images, clusters.ids, n)
-            for name, n in {"protected": noise, **controls}.items()
-        }
-        energy = _energy(train_sets, noise, controls, g.eps)
-    progress.info(
-        "noise RMS / eps as published: %s",
-        ", ".join(f"{c} {e['published_rms'] / g.eps:.3f}" for c, e in energy.items()),
-    )
+    else:
+        with timer("noise"):
+            protection, uc_outcome = load_source(cfg, data, rt, _new_bank)
     if rt.is_main:
-        atomic_torch_save(
-            job_dir / NOISE_FILE,
-            {
-                "noise": noise.cpu(),
-                "controls": {name: n.cpu() for name, n in controls.items()},
-                "cluster_ids": clusters.ids.cpu(),
-                "centers": clusters.centers.cpu(),
-                "targets": clusters.targets.cpu(),
-                "eps": g.eps,
-            },
-        )
-        if cfg.save_protected:
-            atomic_torch_save(
-                job_dir / PROTECTED_FILE,
-                {
-                    "images": train_sets["protected"].cpu(),
-                    "labels": data.train_labels.cpu(),
-                    "classes": list(data.classes),
-                },
-            )
-        pictures = {
-            "noise": noise_grid(noise, g.eps),
-            "samples": sample_grid(
-                data.train_images, train_sets["protected"], clusters.ids, noise, g.eps
-            ),
-        }
-        save_png(job_dir / NOISE_PNG, pictures["noise"])
-        save_png(job_dir / SAMPLES_PNG, pictures["samples"])
-        tracker.log_images(
-            pictures,
-            captions={
-                "noise": "UC noise of each cluster, [-eps, eps] shown as [0, 1]",
-                "samples": "per cluster: noise, a clean training image, its protected version",
-            },
-        )
+        _publish(cfg, data, protection, job_dir, tracker)
 
     uc_outcome = {
         "world_size": rt.world_size,
@@ -399,42 +368,45 @@ def run_pipeline(
             "train_class_counts": _class_counts(data.train_labels, data.num_classes),
             "test_class_counts": _class_counts(data.test_labels, data.num_classes),
             "placement": placement.where,
+            "sha256": identity["sha256"],
         },
-        "batch": {
-            "per_device": generator_stats.per_device_batch,
-            "global": generator_stats.global_batch,
-            "lr_scaling": cfg.batch_size.lr_scaling,
-            "lr_factor": generator_stats.lr_factor,
+        "protection": {
+            "source": protection.source,
+            "eps": protection.eps,
+            "k": int(protection.noise.shape[0]),
         },
-        "surrogate": surrogate_info,
-        "clusters": clusters.summary(data.train_labels),
-        "generator": generator_stats.as_dict(),
-        "throughput": {
-            "generator_images_per_s": generator_stats.images_per_s,
-            "generator_samples_per_s": generator_stats.samples_per_s,
-        },
+        **uc_outcome,
     }
     tracker.set_summary({**uc_outcome, "timings_s": timer.seconds})
-    tracker.start_stage("victim")
 
-    with timer("victims"):
-        victims = {
-            condition: _victim(cfg, condition, images, data, rt, progress, placement, checkpoints)
-            for condition, images in train_sets.items()
-        }
+    ctx = EvalContext(
+        cfg, rt, data, placement, progress, stages, checkpoints, job_dir, identity, protection
+    )
+    results: dict[str, Any] = {}
+    for name, eval_cfg in cfg.evals.items():
+        evaluation = evaluations()[name]
+        tracker.start_stage(evaluation.job_type)
+        with timer(f"evals.{name}"):
+            results[name] = evaluation.run(ctx, eval_cfg)
+        tracker.set_summary({"evals": {name: results[name]}})
     timer.seconds["total"] = time.perf_counter() - started
 
     outcome = {
         **uc_outcome,
         "timings_s": timer.seconds,
-        "metrics": victim_metrics(victims, list(controls), energy),
+        "stages": stages.provenance,
+        "evals": results,
         "artifacts": {
             "noise": NOISE_FILE,
             "protected_train": PROTECTED_FILE if cfg.save_protected else None,
-            "surrogate": SURROGATE_FILE if cfg.surrogate.weights == "fit" else None,
+            "surrogate": SURROGATE_FILE
+            if cfg.uc.source is None and cfg.surrogate.weights == "fit"
+            else None,
             "noise_image": NOISE_PNG,
             "samples_image": SAMPLES_PNG,
         },
     }
+    if "victims" in results:  # the headline numbers, where reports have always read them
+        outcome["metrics"] = results["victims"]
     tracker.set_summary(outcome)
     return outcome

@@ -34,11 +34,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from ue_sweep.checkpoint import fingerprint
-from ue_sweep.config import check_files, schema_keys, to_root_config
 from ue_sweep.distributed import env_from_launcher
 from ue_sweep.errors import ConfigError, UserError
 from ue_sweep.sweep import grid_overrides, plain_override
 from ue_sweep.tracking import RESULT_FILE
+from ue_sweep.validation import check_files, schema_keys, to_root_config
 
 # Hydra flags that print something instead of running a job.
 _NOT_A_RUN = ("help", "hydra_help", "cfg", "info", "shell_completion")
@@ -175,7 +175,10 @@ def _check_override(override: Override, loader: ConfigLoaderImpl) -> None:
     if loader.repository.group_exists(key):
         options = loader.get_group_options(key)
         for value in _values(override):
-            if value is not None and not override.is_delete() and str(value) not in options:
+            # A multi-select group (`evals=[victims,defenses]`) takes a list of options.
+            chosen = value if isinstance(value, list) else [value]
+            unknown = [v for v in chosen if v is not None and str(v) not in options]
+            if unknown and not override.is_delete():
                 ordered = sorted(options, key=_option_order)
                 raise ConfigError(key, value, "one of: " + ", ".join(ordered))
     elif not override.is_hydra_override() and not _in_schema(key):

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ue_sweep.evals import JobOutcome, ReportSection, evaluations
+from ue_sweep.stats import Stat
 from ue_sweep.sweep import grid_overrides, plain_override
 from ue_sweep.tracking import RESULT_FILE, process_gone
 
@@ -54,7 +56,8 @@ BASE_CONDITIONS = ("clean", "protected")
 # Overrides that are table axes (row dataset, column batch, seeds) or change no result: they
 # do not split rows.
 _AXES = ("seed", "dataset", "dataset.name", "batch_size", "batch_size.per_device")
-_NOT_SETTINGS = ("hydra", "logger", "trainer.progress", "trainer.devices")
+# `evals` picks what is measured, not the protection: it never splits a row.
+_NOT_SETTINGS = ("hydra", "logger", "trainer.progress", "trainer.devices", "evals", "paths")
 # Statuses the report lists by name; any other (unreadable, unknown) is listed as unreadable.
 _LISTED = ("completed", "failed", "interrupted", "running", "cancelled")
 
@@ -85,6 +88,8 @@ class Job:
     updated_at: str | None = None
     wandb: Mapping[str, Any] | None = None
     logger: Mapping[str, Any] | None = None
+    #: the completed job's `evals` outcomes, by evaluation
+    evals: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def read(cls, path: Path, sweep_dir: Path) -> Job:
@@ -117,11 +122,14 @@ class Job:
                 per_device=config.get("batch_size", {}).get("per_device"),
                 world_size=record.get("world_size"),
                 global_batch=int(record["batch"]["global"]) if completed else None,
-                accuracy=_accuracy(record["metrics"]["accuracy"]) if completed else {},
+                accuracy=_accuracy(record["metrics"]["accuracy"])
+                if completed and "metrics" in record
+                else {},
                 error=f"{error['type']}: {error['message']}" if error else None,
                 updated_at=record.get("updated_at"),
                 wandb=record.get("wandb"),
                 logger=config.get("logger"),
+                evals=dict(record.get("evals", {})) if completed else {},
             )
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a ue-sweep result ({type(err).__name__}: {err})") from err
@@ -132,30 +140,6 @@ def _accuracy(accuracy: Mapping[str, Any]) -> dict[str, float]:
     return {c: float(accuracy[c]) for c in BASE_CONDITIONS} | {
         c: float(a) for c, a in accuracy.items()
     }
-
-
-@dataclass(frozen=True)
-class Stat:
-    values: tuple[float, ...]
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values)
-
-    @property
-    def std(self) -> float | None:
-        """Sample standard deviation (n - 1); None for a single value."""
-        return statistics.stdev(self.values) if self.n > 1 else None
-
-    def text(self, full_n: int) -> str:
-        out = f"{100 * self.mean:.1f}"
-        if self.std is not None:
-            out += f" ± {100 * self.std:.1f}"
-        return out if self.n >= full_n else f"{out} (n={self.n})"
 
 
 @dataclass
@@ -186,6 +170,7 @@ class Report:
     batches: list[int]
     incomplete: list[str]  # overrides of grid points without a result file
     grid_note: str | None
+    sections: list[ReportSection] = field(default_factory=list)  # the evaluations' tables
 
     def by_status(self, status: str) -> list[Job]:
         return [j for j in self.jobs if j.status == status]
@@ -216,7 +201,8 @@ def _seed_order(item: tuple[int | None, Any]) -> tuple[bool, int]:
     return item[0] is None, item[0] or 0
 
 
-def build_rows(completed: Sequence[Job]) -> list[Row]:
+def group_jobs(completed: Sequence[Job]) -> dict[tuple[str, str], list[Job]]:
+    """Jobs by (dataset, the sweep's other varying overrides): one row of every table each."""
     settings = [dict(o.split("=", 1) for o in j.overrides if _is_setting(o)) for j in completed]
     keys = sorted({k for s in settings for k in s})
     varying = [k for k in keys if len({s.get(k) for s in settings}) > 1]
@@ -224,8 +210,12 @@ def build_rows(completed: Sequence[Job]) -> list[Row]:
     for job, setting in zip(completed, settings, strict=True):
         label = ",".join(f"{k}={setting.get(k, 'default')}" for k in varying)
         groups[(str(job.dataset), label)].append(job)
+    return dict(sorted(groups.items()))
+
+
+def build_rows(completed: Sequence[Job]) -> list[Row]:
     rows = []
-    for (dataset, label), jobs in sorted(groups.items()):
+    for (dataset, label), jobs in group_jobs([j for j in completed if j.accuracy]).items():
         cells: dict[int, list[float]] = defaultdict(list)
         for job in jobs:
             cells[int(job.global_batch or 0)].append(job.accuracy["protected"])
@@ -244,6 +234,27 @@ def build_rows(completed: Sequence[Job]) -> list[Row]:
             )
         )
     return rows
+
+
+def eval_sections(completed: Sequence[Job]) -> list[ReportSection]:
+    """What each evaluation with a report adds: its tables and figures over the sweep's jobs."""
+    groups = group_jobs(completed)
+    sections = []
+    for name, evaluation in evaluations().items():
+        if evaluation.report is None:
+            continue
+        outcomes = {
+            f"{dataset} ({label})" if label else dataset: [
+                JobOutcome(j.dir, j.seed, j.global_batch, j.evals[name])
+                for j in jobs
+                if name in j.evals
+            ]
+            for (dataset, label), jobs in groups.items()
+        }
+        section = evaluation.report({k: v for k, v in outcomes.items() if v})
+        if section is not None:
+            sections.append(section)
+    return sections
 
 
 def expected_grid(sweep_dir: Path) -> tuple[list[tuple[str, ...]] | None, str | None]:
@@ -272,7 +283,7 @@ def collect(sweep_dir: Path, skip: Path | None = None) -> Report:
     incomplete = [",".join(g) for g in grid or () if frozenset(g) not in seen]
     rows = build_rows(completed)
     batches = sorted({b for r in rows for b in r.protected})
-    return Report(sweep_dir, jobs, rows, batches, incomplete, note)
+    return Report(sweep_dir, jobs, rows, batches, incomplete, note, eval_sections(completed))
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,6 +436,9 @@ def markdown_report(report: Report, figures: Sequence[str]) -> str:
     else:
         lines += ["No completed job yet: no table.", ""]
     lines += [f"![{name}]({name})" for name in figures]
+    for section in report.sections:
+        lines += ["", f"## {section.title}", "", section.caption, "", section.markdown()]
+        lines += [f"![{name}]({name})" for name in section.figures]
     items = problems(report)
     lines += ["", "## Jobs without a result", "", *(items or ["None."])]
     if report.grid_note:
@@ -552,6 +566,8 @@ def write_report(sweep_dir: Path, out_dir: Path, use_wandb: bool = True) -> Repo
         plot_boxes(report, figures["boxplot"])
         plot_curves(report, figures["curves"])
         write_table_csv(report, out_dir / "table.csv")
+    for section in report.sections:
+        section.write(out_dir)
     write_jobs_csv(report, out_dir / "jobs.csv")
     text = markdown_report(report, [p.name for p in figures.values()])
     (out_dir / "report.md").write_text(text)

@@ -15,3 +15,9 @@ def derive_seed(seed: int, *names: object) -> int:
 
 def generator(seed: int, *names: object) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, *names))
+
+
+def per_sample(seed: int, name: str, epoch: int, indices: torch.Tensor) -> list[torch.Generator]:
+    """One generator per training sample for stream ``name`` of ``epoch``: a sample's random draws
+    do not depend on which rank or batch it lands in, nor on where a resumed run restarts."""
+    return [generator(seed, name, epoch, int(i)) for i in indices.tolist()]

@@ -26,11 +26,12 @@ from importlib import resources
 from hydra import compose, initialize_config_module
 
 from ue_sweep.cli import quote_numeric_choices  # registers the schema and the resolvers
-from ue_sweep.config import RootConfig, to_root_config
+from ue_sweep.config import RootConfig
 from ue_sweep.data import medmnist2d
 from ue_sweep.data.registry import fetch_dataset, load_dataset
 from ue_sweep.data.sources import dataset_root
 from ue_sweep.errors import ConfigError, UserError
+from ue_sweep.validation import to_root_config
 
 
 def dataset_options() -> tuple[str, ...]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ue_sweep.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
 from ue_sweep.config import AugmentConfig, TrainingConfig
@@ -18,6 +18,7 @@ from ue_sweep.models.classifiers import FeatureClassifier
 from ue_sweep.preemption import preemptible
 from ue_sweep.progress import Progress
 from ue_sweep.train.evaluate import EvalResult, evaluate
+from ue_sweep.train.recipes import VictimRecipe
 
 EVAL_BATCH = 512
 # Per-device batches below this get batch norm over all ranks by default (`sync_batchnorm: null`).
@@ -45,6 +46,8 @@ class TrainResult:
     sync_batchnorm: bool
     average_last: int
     history: list[EpochRecord] = field(default_factory=list)
+    #: the recipe's diagnostics (:meth:`VictimRecipe.summary`) when one was given
+    defense: dict[str, Any] | None = None
 
     def mean_last(self) -> dict[str, object]:
         """Test accuracy averaged over the last ``average_last`` epochs (all evaluated)."""
@@ -65,7 +68,7 @@ class TrainResult:
             "sync_batchnorm": self.sync_batchnorm,
             "seconds": self.seconds,
             "history": [asdict(r) for r in self.history],
-        }
+        } | ({} if self.defense is None else {"defense": self.defense})
 
 
 def uses_sync_batchnorm(cfg: TrainingConfig, per_device: int, rt: Runtime) -> bool:
@@ -90,12 +93,17 @@ def train_classifier(
     name: str,
     checkpoint: StageCheckpoint = NO_CHECKPOINT,
     placement: Placement = ON_DEVICE,
+    recipe: VictimRecipe | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on uint8 images kept per ``placement``; evaluate on the test set.
 
-    Resumes from ``checkpoint`` when it holds a state, saves one after every epoch, and stops at a
-    checkpoint when preemption is requested.
+    ``recipe`` is how the victim trains (a defense); None is plain ERM. Resumes from
+    ``checkpoint`` when it holds a state (the recipe's included), saves one after every epoch,
+    and stops at a checkpoint when preemption is requested.
     """
+    defended = recipe is not None
+    recipe = recipe if defended else VictimRecipe()
+    train_images = recipe.prepare(train_images, train_labels)
     per_device = max(1, cfg.batch_size // rt.world_size)
     stream = batch_source(
         train_images,
@@ -117,7 +125,9 @@ def train_classifier(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=cfg.epochs * len(stream), eta_min=cfg.min_lr
     )
-    resumable = Resumable(checkpoint, model=model, optimizer=optimizer, schedule=schedule)
+    resumable = Resumable(
+        checkpoint, model=model, optimizer=optimizer, schedule=schedule, recipe=recipe
+    )
     # running sums: [sum of per-sample losses, correct, samples] of the epoch on this rank
     loop = resumable.start(num_sums=3, device=rt.device)
     start_epoch, start_step, sums = loop.epoch, loop.step, loop.sums
@@ -133,12 +143,11 @@ def train_classifier(
             epoch_start = time.perf_counter()
             first_step = start_step if epoch == start_epoch else 0
             model.train()
+            recipe.begin_epoch(epoch, model, train_images, train_labels, rt, select=first_step == 0)
             lr = optimizer.param_groups[0]["lr"]
             batches = stream.epoch(epoch, first_step)
             for batch in preemptible(batches, first_step, rt, lambda s, e=epoch: save(e, s)):
-                with rt.autocast():
-                    logits, _ = ddp(batch.images)
-                loss = F.cross_entropy(logits.float(), batch.labels)
+                loss, logits = recipe.loss(ddp, batch, rt)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -152,6 +161,7 @@ def train_classifier(
                     ]
                 )
                 bar.advance()
+            recipe.end_epoch(epoch, rt)
             loss_sum, correct, seen = rt.all_reduce_sum(sums).tolist()
             sums.zero_()
             evaluated = epoch >= cfg.epochs - cfg.average_last or (epoch + 1) % cfg.eval_every == 0
@@ -190,4 +200,5 @@ def train_classifier(
         sync_batchnorm=sync_bn,
         average_last=cfg.average_last,
         history=history,
+        defense=recipe.summary() if defended else None,
     )

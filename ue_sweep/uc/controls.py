@@ -19,6 +19,7 @@ import torch
 
 from ue_sweep.seeding import generator
 
+CONTROLS = ("uniform", "sign", "untrained")
 # Bisection steps for the energy-matching scale: 2^-60 of the bracket, far below uint8 rounding.
 _BISECTION_STEPS = 60
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ue_sweep.artifacts import StageKey, Stages
 from ue_sweep.checkpoint import NO_CHECKPOINTS, JobCheckpoints
 from ue_sweep.config import RootConfig
 from ue_sweep.data.placement import Placement
@@ -45,12 +46,15 @@ def build_surrogate(
     rt: Runtime,
     progress: Progress,
     placement: Placement,
+    stages: Stages,
+    key: StageKey,
     checkpoints: JobCheckpoints = NO_CHECKPOINTS,
 ) -> tuple[FeatureClassifier, dict[str, Any]]:
     """Build the surrogate with the configured weights, frozen and in eval mode.
 
     ``data`` must already be placed (``placement``). With ``weights: fit`` the surrogate is first
-    trained (with DDP) on the protector's own training set, or restored once a job has fitted it.
+    trained (with DDP) on the protector's own training set, or reused from the artifact store
+    (stage ``surrogate``, keyed by ``key``) where a job has fitted it.
     """
     s = cfg.surrogate
     state, source = _stored_state(cfg)
@@ -68,7 +72,13 @@ def build_surrogate(
     model.to(rt.device)
     info: dict[str, Any] = {"arch": s.arch, "weights": s.weights, "source": source}
     if s.weights == "fit":
-        info["fit"] = _fit(model, cfg, data, rt, progress, placement, checkpoints)
+        fitted = stages.run(
+            "surrogate",
+            key,
+            lambda: _fit(model, cfg, data, rt, progress, placement, checkpoints),
+        )
+        model.load_state_dict(fitted["state"])
+        info["fit"] = fitted["fit"]
     model.eval().requires_grad_(False)
     return model, info
 
@@ -82,11 +92,7 @@ def _fit(
     placement: Placement,
     checkpoints: JobCheckpoints,
 ) -> dict[str, Any]:
-    """Fit the surrogate on the training set (or restore the fit of an earlier attempt)."""
-    done = checkpoints.done("surrogate")
-    if done is not None:
-        model.load_state_dict(done["state"])
-        return done["fit"]
+    """Fit the surrogate on the training set: its weights and how the fit went."""
     result = train_classifier(
         model,
         data.train_images,
@@ -108,5 +114,4 @@ def _fit(
         "test_accuracy": result.test.accuracy,
         "seconds": result.seconds,
     }
-    checkpoints.mark_done("surrogate", {"state": model.state_dict(), "fit": fit})
-    return fit
+    return {"state": model.state_dict(), "fit": fit}

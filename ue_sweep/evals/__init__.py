@@ -1,0 +1,107 @@
+"""Evaluations of a protected dataset: the pluggable stages after the noise.
+
+Each evaluation is one module of this package that defines ``EVALUATION``, an
+:class:`Evaluation`, plus one config ``conf/evals/<name>.yaml``; a job runs the ones selected in
+the ``evals`` group (``evals=[victims,defenses]``) in that order, and writes each one's outcome
+under ``result.json`` ``evals.<name>``. See docs/EVALUATIONS.md for how to add one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ue_sweep.evals.context import EvalContext
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation: its structured config, what it runs, and what it adds to the job's end."""
+
+    name: str
+    #: structured-config dataclass of ``evals.<name>``
+    config: type
+    #: runs on every rank; returns the JSON-able outcome that rank 0 records
+    run: Callable[[EvalContext, Any], dict[str, Any]]
+    #: W&B job type of its tracker run
+    job_type: str
+    #: lines for the summary a job prints when it ends, from its outcome
+    summary: Callable[[Mapping[str, Any], Mapping[str, Any]], Sequence[str]] | None = None
+    #: its section of ``ue-sweep report``, from the outcomes of each row's jobs (row label ->)
+    report: Callable[[Mapping[str, Sequence[JobOutcome]]], ReportSection | None] | None = None
+
+
+_INTERNAL = ("context",)
+
+
+@cache
+def evaluations() -> dict[str, Evaluation]:
+    """Every evaluation of this package, by name (modules are found, not listed)."""
+    found = {}
+    for module in pkgutil.iter_modules(__path__):
+        if module.name in _INTERNAL:
+            continue
+        evaluation = importlib.import_module(f"{__name__}.{module.name}").EVALUATION
+        found[evaluation.name] = evaluation
+    return found
+
+
+def evaluation_names() -> tuple[str, ...]:
+    return tuple(evaluations())
+
+
+def schemas() -> dict[str, type]:
+    """Each evaluation's structured-config dataclass, by name: the ``evals`` group's schema."""
+    return {name: evaluation.config for name, evaluation in evaluations().items()}
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """One completed job's outcome of an evaluation, as a report sees it."""
+
+    dir: str
+    seed: int | None
+    global_batch: int | None
+    outcome: Mapping[str, Any]
+
+
+@dataclass
+class ReportSection:
+    """An evaluation's part of ``ue-sweep report``: a table (Markdown and CSV) and figures."""
+
+    title: str
+    caption: str
+    header: list[str]
+    rows: list[list[str]]
+    #: file name -> function that draws the figure into that path
+    figures: dict[str, Callable[[Path], None]]
+    csv_name: str
+    #: leading columns that name the row (left-aligned); the others are numbers
+    label_columns: int = 1
+
+    def markdown(self) -> str:
+        return "\n".join(
+            [
+                "| " + " | ".join(self.header) + " |",
+                "|"
+                + " --- |" * self.label_columns
+                + " ---: |" * (len(self.header) - self.label_columns),
+                *("| " + " | ".join(r) + " |" for r in self.rows),
+            ]
+        )
+
+    def write(self, out_dir: Path) -> None:
+        import csv
+
+        with (out_dir / self.csv_name).open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(self.header)
+            writer.writerows(self.rows)
+        for name, draw in self.figures.items():
+            draw(out_dir / name)

@@ -1,0 +1,87 @@
+"""What an evaluation gets from the job: the data, the protection, and a way to train victims."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ue_sweep.artifacts import Stages
+from ue_sweep.checkpoint import JobCheckpoints
+from ue_sweep.config import RootConfig
+from ue_sweep.data.placement import Placement
+from ue_sweep.data.splits import ImageSplits
+from ue_sweep.distributed import Runtime
+from ue_sweep.keys import content_digest, victim_key
+from ue_sweep.models.classifiers import build_classifier
+from ue_sweep.progress import Progress
+from ue_sweep.seeding import derive_seed
+from ue_sweep.train.classifier import train_classifier
+from ue_sweep.train.recipes import VictimRecipe
+from ue_sweep.uc.protection import Protection
+
+
+@dataclass
+class EvalContext:
+    cfg: RootConfig
+    rt: Runtime
+    data: ImageSplits
+    placement: Placement
+    progress: Progress
+    stages: Stages
+    checkpoints: JobCheckpoints
+    job_dir: Path
+    data_identity: dict[str, Any]
+    protection: Protection
+
+    def train_victim(
+        self,
+        label: str,
+        images: torch.Tensor,
+        recipe: VictimRecipe | None = None,
+        recipe_key: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A victim trained from scratch on ``images`` (uint8, the dataset's labels), evaluated
+        on the clean test set: ``TrainResult.as_dict()``. Reused from the artifact store when a
+        victim with the same images, model and recipe was trained before.
+
+        ``label`` names the stage in this job (``victim-<label>``); ``recipe_key`` is what the
+        ``recipe`` depends on (None for plain training).
+        """
+        cfg, rt, data = self.cfg, self.rt, self.data
+        key = victim_key(
+            cfg, self.data_identity, content_digest(rt, images), rt.world_size, recipe=recipe_key
+        )
+        stage = f"victim-{label}"
+
+        def train() -> dict[str, Any]:
+            # Same initial weights and data order for every victim: only the images differ.
+            torch.manual_seed(derive_seed(cfg.seed, "victim-init"))
+            model = build_classifier(
+                cfg.victim,
+                in_channels=data.channels,
+                num_classes=data.num_classes,
+                image_size=data.image_size,
+            ).to(rt.device)
+            result = train_classifier(
+                model,
+                images,
+                data.train_labels,
+                data.test_images,
+                data.test_labels,
+                data.num_classes,
+                cfg.victim,
+                cfg.dataset.augment,
+                rt,
+                seed=derive_seed(cfg.seed, "victim-data"),
+                progress=self.progress,
+                name=f"victim ({label})",
+                placement=self.placement,
+                checkpoint=self.checkpoints.stage(stage),
+                recipe=recipe,
+            )
+            return {"result": result.as_dict(), "state": model.state_dict()}
+
+        return self.stages.run(stage, key, train)["result"]
