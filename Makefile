@@ -19,7 +19,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
-# Side-by-side speed ratios (benchmarks/), about 10 minutes on 2 cores; raw figures in
+# Side-by-side speed ratios (benchmarks/), about 5 minutes on 2 cores; raw figures in
 # benchmarks/results/.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
