@@ -103,9 +103,18 @@ def test_result_file_records_config_versions_batch_timings_and_metrics(demo_job)
         "features",
         "kmeans",
         "generators",
-        "victims",
+        "evals.victims",
         "total",
     }
+    assert {s: p["status"] for s, p in record["stages"].items()} == dict.fromkeys(
+        [
+            "surrogate",
+            "clusters",
+            "generators",
+            *(f"victim-{c}" for c in ("clean", "protected", "uniform", "sign", "untrained")),
+        ],
+        "computed",
+    )
     assert record["throughput"]["generator_images_per_s"] > 0
     clusters = record["clusters"]
     assert sum(clusters["sizes"]) == 1348 and clusters["targets"] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]

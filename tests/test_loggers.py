@@ -66,6 +66,7 @@ JOB_FILES = {
     ".hydra",
     "result.json",
     "noise.pt",
+    "controls.pt",
     "noise.png",
     "samples.png",
     "protected_train.pt",

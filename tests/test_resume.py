@@ -265,15 +265,22 @@ def test_usr2_checkpoints_the_job_and_a_rerun_finishes_it_like_an_uninterrupted_
     record = json.loads((tmp_path / "job" / "result.json").read_text())
     assert record["status"] == "preempted"
     assert (tmp_path / "job" / "checkpoints" / "generators.pt").exists()
-    assert (tmp_path / "job" / "checkpoints" / "surrogate.done.pt").exists()
+    assert len(list((tmp_path / "artifacts").glob("surrogate-*.json"))) == 1  # a finished stage
 
     resumed = run_cli([*RESUMABLE, "hydra.run.dir=job"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
-    reference = run_cli([*RESUMABLE, "hydra.run.dir=reference"], cwd=tmp_path)
+    # An uninterrupted run with a store of its own: it computes every stage itself.
+    reference = run_cli(
+        [*RESUMABLE, "hydra.run.dir=reference", "paths.artifact_dir=reference-artifacts"],
+        cwd=tmp_path,
+    )
     assert reference.returncode == 0
     a, b = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("job", "reference"))
     assert (a["status"], a["restarts"], b["restarts"]) == ("completed", 1, 0)
+    assert a["stages"]["surrogate"]["status"] == "reused"  # from its own first attempt
+    assert a["stages"]["surrogate"]["producer"] == str((tmp_path / "job").absolute())
+    assert b["stages"]["surrogate"]["status"] == "computed"
     assert a["metrics"]["accuracy"] == b["metrics"]["accuracy"]
     assert a["generator"]["loss_history"] == b["generator"]["loss_history"]
     assert not (tmp_path / "job" / "checkpoints").exists(), "a completed job keeps no checkpoints"

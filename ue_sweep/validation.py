@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -103,23 +103,53 @@ def group_entries(field_name: str, entries: Mapping[str, Any]) -> dict[str, Any]
         if isinstance(entry, schemas[name]):
             built[name] = entry
             continue
+        # OmegaConf merges a node typed with the same dataclass key by key, extra keys included
+        # (`+evals.victims.control=...` adds one at compose time): look for them first.
+        unknown = _unknown_key(schemas[name], entry or {})
+        if unknown is not None:
+            schema, key, value = unknown
+            raise _entry_error(f"{field_name}.{name}", schema, key, value=value)
         try:
             merged = OmegaConf.merge(OmegaConf.structured(schemas[name]), entry or {})
         except OmegaConfBaseException as err:
-            raise _entry_error(f"{field_name}.{name}", schemas[name], err) from None
+            key = str(getattr(err, "full_key", "") or getattr(err, "key", "") or "")
+            raise _entry_error(f"{field_name}.{name}", schemas[name], key, err) from None
         built[name] = OmegaConf.to_object(merged)
     return built
 
 
-def _entry_error(prefix: str, schema: type, err: OmegaConfBaseException) -> ConfigError:
+def _unknown_key(
+    schema: type, node: Mapping[str, Any], prefix: str = ""
+) -> tuple[type, str] | None:
+    """The first key of ``node`` (nested ones included) that ``schema`` lacks, with the
+    dataclass it is missing from."""
+    known = {f.name: f for f in fields(schema)}
+    for key, value in node.items():
+        if key not in known:
+            return schema, f"{prefix}{key}", value
+        child = known[key].default_factory
+        if isinstance(value, Mapping) and child is not MISSING and is_dataclass(child()):
+            found = _unknown_key(type(child()), value, f"{prefix}{key}.")
+            if found is not None:
+                return found
+    return None
+
+
+def _entry_error(
+    prefix: str,
+    schema: type,
+    key: str,
+    err: OmegaConfBaseException | None = None,
+    value: Any = None,
+) -> ConfigError:
     """An entry's unknown key or wrong type, named as a command-line key, with the nearest."""
     known = [f.name for f in fields(schema)]
-    key = str(getattr(err, "full_key", "") or getattr(err, "key", "") or "")
-    nearest = difflib.get_close_matches(key.rpartition(".")[2], known, n=1, cutoff=0.6)
+    parent, _, last = f"{prefix}.{key}".rpartition(".")
+    nearest = difflib.get_close_matches(last, known, n=1, cutoff=0.6)
     hint = f"; did you mean {nearest[0]}?" if nearest else ""
-    if key not in known:
+    if last not in known:
         return ConfigError(
-            f"{prefix}.{key}", None, f"a known key (keys of {prefix}: {', '.join(known)}){hint}"
+            f"{prefix}.{key}", value, f"a known key (keys of {parent}: {', '.join(known)}){hint}"
         )
     return ConfigError(
         f"{prefix}.{key}", getattr(err, "value", None), f"a value of its type {hint}"
@@ -191,7 +221,9 @@ def to_root_config(cfg: DictConfig | RootConfig, on_this_host: bool = True) -> R
     if isinstance(cfg, RootConfig):
         return validate(cfg, on_this_host)
     merged = OmegaConf.merge(OmegaConf.structured(RootConfig), cfg)
+    # Typed from the composed nodes: converting the root first would drop unknown keys silently.
+    groups = {name: group_entries(name, dict(merged[name].items())) for name in GROUPS}
     root = OmegaConf.to_object(merged)
-    for field_name in GROUPS:
-        setattr(root, field_name, group_entries(field_name, getattr(root, field_name)))
+    for field_name, entries in groups.items():
+        setattr(root, field_name, entries)
     return validate(root, on_this_host)

@@ -93,7 +93,7 @@ def uc_loss_grad(
         gen_of_item = cluster_ids
         img_of_item = torch.arange(b, device=rt.device)
         counts = torch.bincount(gen_of_item, minlength=k).double()
-        global_counts = rt.all_reduce_sum(counts)
+        global_counts = rt.all_reduce_sum(counts) if rt.world_size > 1 else counts
     weight = rt.world_size / global_counts.clamp(min=1)
     kl_sums = torch.zeros(k, dtype=torch.float64, device=rt.device)
     for start in range(0, len(gen_of_item), chunk_size):
@@ -150,7 +150,8 @@ def train_generators(
     augmenter = Augmenter(augment, len(train_images), seed) if noise_first else None
     global_batch = batch.per_device * rt.world_size
     lr_factor = batch.lr_factor(global_batch)
-    ddp = rt.wrap(bank)
+    # One rank has nothing to synchronise: DDP would only copy every gradient through gloo.
+    ddp = rt.wrap(bank) if rt.world_size > 1 else bank
     optimizer = torch.optim.Adam(
         ddp.parameters(), lr=cfg.lr * lr_factor, weight_decay=cfg.weight_decay
     )
