@@ -67,6 +67,7 @@ JOB_FILES = {
     "result.json",
     "noise.pt",
     "controls.pt",
+    "progress.json",
     "noise.png",
     "samples.png",
     "protected_train.pt",
