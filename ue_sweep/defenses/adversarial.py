@@ -13,7 +13,6 @@ seed, so it depends neither on the rank nor on where a resumed run restarts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,7 @@ from ue_sweep.config import setting
 from ue_sweep.data.batches import Batch
 from ue_sweep.distributed import Runtime
 from ue_sweep.seeding import per_sample
-from ue_sweep.train.recipes import EpochStats, VictimRecipe, unwrap, upcast
+from ue_sweep.train.recipes import RecordingRecipe, VictimRecipe, unwrap, upcast
 
 
 @dataclass
@@ -60,16 +59,15 @@ def pgd(
     return x.detach()
 
 
-class AdversarialTraining(VictimRecipe):
+class AdversarialTraining(RecordingRecipe):
     """Trains on PGD adversaries; records the adversarial loss, robust accuracy and the mean L-inf
     size of the perturbation per epoch."""
 
     name = "adversarial"
 
     def __init__(self, cfg: AdversarialConfig, seed: int) -> None:
-        super().__init__()
+        super().__init__("adversarial_loss", "robust_accuracy", "linf")
         self.cfg, self.seed = cfg, seed
-        self.stats = EpochStats("adversarial_loss", "robust_accuracy", "linf")
 
     def random_start(self, batch: Batch) -> torch.Tensor:
         images = batch.images
@@ -101,16 +99,6 @@ class AdversarialTraining(VictimRecipe):
 
     def end_epoch(self, epoch: int, rt: Runtime) -> None:
         self.stats.close(epoch, rt)
-
-    def summary(self) -> dict[str, Any]:
-        return {"epochs": list(self.stats.records)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return super().state_dict() | {"stats": self.stats.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.stats.load_state_dict(state["stats"])
 
 
 def build_adversarial(cfg: AdversarialConfig, seed: int) -> VictimRecipe:

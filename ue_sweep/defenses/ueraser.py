@@ -19,7 +19,6 @@ depends neither on the rank nor on where a resumed run restarts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +29,7 @@ from ue_sweep.config import setting
 from ue_sweep.data.batches import Batch
 from ue_sweep.distributed import Runtime
 from ue_sweep.seeding import generator
-from ue_sweep.train.recipes import EpochStats, VictimRecipe, upcast
+from ue_sweep.train.recipes import RecordingRecipe, VictimRecipe, upcast
 
 # Finest plasma octave grid (2 ** MAX_OCTAVE cells a side).
 MAX_OCTAVE = 5
@@ -141,16 +140,15 @@ def augment(images: torch.Tensor, views: list[View]) -> torch.Tensor:
     return out
 
 
-class UEraser(VictimRecipe):
+class UEraser(RecordingRecipe):
     """Max-loss training over augmented views; records the mean max loss and the mean view loss
     per epoch."""
 
     name = "ueraser"
 
     def __init__(self, cfg: UEraserConfig, seed: int) -> None:
-        super().__init__()
+        super().__init__("max_loss", "mean_loss")
         self.cfg, self.seed = cfg, seed
-        self.stats = EpochStats("max_loss", "mean_loss")
 
     def draws(self, epoch: int) -> int:
         limit = self.cfg.adversarial_epochs
@@ -189,16 +187,6 @@ class UEraser(VictimRecipe):
 
     def end_epoch(self, epoch: int, rt: Runtime) -> None:
         self.stats.close(epoch, rt, draws=self.draws(epoch))
-
-    def summary(self) -> dict[str, Any]:
-        return {"epochs": list(self.stats.records)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return super().state_dict() | {"stats": self.stats.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.stats.load_state_dict(state["stats"])
 
 
 def build_ueraser(cfg: UEraserConfig, seed: int) -> VictimRecipe:

@@ -169,3 +169,22 @@ class EpochStats:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums, self.records = state["sums"], list(state["records"])
+
+
+class RecordingRecipe(VictimRecipe):
+    """A recipe whose diagnostics are per-epoch means of per-sample values (:class:`EpochStats`):
+    its summary is their records, and they travel in the stage checkpoint."""
+
+    def __init__(self, *names: str) -> None:
+        super().__init__()
+        self.stats = EpochStats(*names)
+
+    def summary(self) -> dict[str, Any]:
+        return {"epochs": list(self.stats.records)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"stats": self.stats.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.stats.load_state_dict(state["stats"])
