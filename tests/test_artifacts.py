@@ -30,8 +30,10 @@ def test_an_entry_round_trips_and_names_its_inputs_and_producer(tmp_path):
     store.save(KEY, {"state": torch.arange(5.0), "n": 3})
     manifest = json.loads((tmp_path / f"{KEY.name}.json").read_text())
     assert manifest["inputs"] == KEY.inputs and manifest["producer"] == "jobs/0"
-    loaded = store.load(KEY)
-    assert loaded is not None and loaded["n"] == 3
+    found = store.load(KEY)
+    assert found is not None
+    manifest_read, loaded = found
+    assert manifest_read == manifest and loaded["n"] == 3
     assert torch.equal(loaded["state"], torch.arange(5.0))
     assert not list(tmp_path.glob("*.tmp"))
 

@@ -81,32 +81,34 @@ class ArtifactStore:
     def path(self, key: StageKey) -> Path:
         return self._files(key)[0]
 
-    def manifest(self, key: StageKey, repair: bool = True) -> dict[str, Any] | None:
-        """The entry's manifest if the entry is complete and intact. A damaged entry is moved
-        aside when ``repair`` (rank 0), so that the caller recomputes it."""
+    def complete(self, key: StageKey) -> bool:
+        """Whether the entry's manifest, written last, exists (its integrity is checked on load)."""
+        return self._files(key)[1].exists()
+
+    def load(
+        self, key: StageKey, repair: bool = True
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The entry's manifest and stored outcome, or None if there is none or it is damaged
+        (its file does not match the manifest's SHA-256, or does not load). A damaged entry is
+        moved aside when ``repair`` (rank 0), so that the caller recomputes it."""
         data, meta = self._files(key)
         if not meta.exists():
             return None
         try:
             manifest = json.loads(meta.read_text())
-            if data.exists() and _sha256(data) == manifest["sha256"]:
-                return manifest
+            intact = data.exists() and _sha256(data) == manifest["sha256"]
         except (OSError, ValueError, KeyError, TypeError):
-            pass
+            intact = False
+        if not intact:
+            problem = "its file does not match its manifest"
+        else:
+            try:
+                return manifest, torch.load(data, map_location="cpu", weights_only=True)
+            except Exception as err:  # torch raises many types for a bad file: all "damaged"
+                problem = f"{type(err).__name__} on loading"
         if repair:
-            self._set_aside(key, "its file does not match its manifest")
+            self._set_aside(key, problem)
         return None
-
-    def load(self, key: StageKey, repair: bool = True) -> dict[str, Any] | None:
-        """The stored outcome, or None if there is none or it is damaged."""
-        if self.manifest(key, repair) is None:
-            return None
-        try:
-            return torch.load(self.path(key), map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many types for a bad file; all mean "damaged"
-            if repair:
-                self._set_aside(key, f"{type(err).__name__} on loading")
-            return None
 
     def save(self, key: StageKey, outcome: dict[str, Any]) -> None:
         data, meta = self._files(key)
@@ -183,8 +185,8 @@ class Stages:
         record["artifact"] = str(store.path(key))
         while True:
             with store.try_lock(key) if rt.is_main else _no_lock() as held:
-                manifest = store.manifest(key) if rt.is_main else None
-                decision = _REUSE if manifest else _COMPUTE if held else _WAIT
+                decision = _REUSE if rt.is_main and store.complete(key) else _WAIT
+                decision = _COMPUTE if decision == _WAIT and held else decision
                 decision = int(rt.broadcast(torch.tensor([decision])).item())
                 if decision == _COMPUTE:
                     outcome = compute()
@@ -193,20 +195,20 @@ class Stages:
                     self.provenance[label] = {"status": "computed", **record}
                     return outcome
                 if decision == _REUSE:
-                    outcome = store.load(key, repair=rt.is_main)
-                    failed = rt.all_reduce_sum(torch.tensor([int(outcome is None)]))
-                    if outcome is not None and int(failed.item()) == 0:
-                        producer = (manifest or {}).get("producer")
+                    found = store.load(key, repair=rt.is_main)
+                    failed = rt.all_reduce_sum(torch.tensor([int(found is None)]))
+                    if found is not None and int(failed.item()) == 0:
+                        manifest, outcome = found
                         self.provenance[label] = {
                             "status": "reused",
                             **record,
-                            "producer": producer,
+                            "producer": manifest.get("producer"),
                         }
                         return outcome
-                    # damaged, or not yet visible on some rank's node: look again
+                    # damaged (set aside by rank 0), or not yet visible on a rank's node
             if preemption.requested(rt):
                 raise preemption.Preempted(f"while waiting for artifact {key.name}")
-            if rt.is_main:
+            if rt.is_main and decision == _WAIT:
                 log.info("waiting for %s, which another job is computing", key.name)
             time.sleep(POLL_S)
 

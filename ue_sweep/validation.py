@@ -127,9 +127,10 @@ def _unknown_key(
     for key, value in node.items():
         if key not in known:
             return schema, f"{prefix}{key}", value
-        child = known[key].default_factory
-        if isinstance(value, Mapping) and child is not MISSING and is_dataclass(child()):
-            found = _unknown_key(type(child()), value, f"{prefix}{key}.")
+        factory = known[key].default_factory
+        child = factory() if factory is not MISSING else None
+        if isinstance(value, Mapping) and is_dataclass(child):
+            found = _unknown_key(type(child), value, f"{prefix}{key}.")
             if found is not None:
                 return found
     return None

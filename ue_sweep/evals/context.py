@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,14 @@ class EvalContext:
     job_dir: Path
     data_identity: dict[str, Any]
     protection: Protection
+    #: SHA-256 of each training set a victim was asked for, by tensor (kept alive here): the
+    #: clean and protected sets serve several victims and are hashed once
+    _digests: dict[int, tuple[torch.Tensor, str]] = field(default_factory=dict, repr=False)
+
+    def _digest(self, images: torch.Tensor) -> str:
+        if id(images) not in self._digests:
+            self._digests[id(images)] = images, content_digest(self.rt, images)
+        return self._digests[id(images)][1]
 
     def train_victim(
         self,
@@ -52,7 +60,7 @@ class EvalContext:
         """
         cfg, rt, data = self.cfg, self.rt, self.data
         key = victim_key(
-            cfg, self.data_identity, content_digest(rt, images), rt.world_size, recipe=recipe_key
+            cfg, self.data_identity, self._digest(images), rt.world_size, recipe=recipe_key
         )
         stage = f"victim-{label}"
 
