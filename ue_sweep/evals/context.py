@@ -8,19 +8,39 @@ from typing import Any
 
 import torch
 
-from ue_sweep.artifacts import Stages
+from ue_sweep.artifacts import StageKey, Stages
 from ue_sweep.checkpoint import JobCheckpoints
 from ue_sweep.config import RootConfig
 from ue_sweep.data.placement import Placement
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.distributed import Runtime
 from ue_sweep.keys import content_digest, victim_key
-from ue_sweep.models.classifiers import build_classifier
+from ue_sweep.models.classifiers import FeatureClassifier, build_classifier
 from ue_sweep.progress import Progress
 from ue_sweep.seeding import derive_seed
 from ue_sweep.train.classifier import train_classifier
 from ue_sweep.train.recipes import VictimRecipe
 from ue_sweep.uc.protection import Protection
+
+
+@dataclass(frozen=True)
+class TrainedVictim:
+    """A victim this job trained or reused: what it trained on, how, and what it scored.
+
+    Later evaluations (membership inference, learnability) attack or probe the victims the
+    earlier ones trained; they find them in :attr:`EvalContext.victims`.
+    """
+
+    label: str
+    #: the uint8 training images, before the recipe's ``prepare`` (labels: the dataset's)
+    images: torch.Tensor
+    key: StageKey
+    #: ``TrainResult.as_dict()``
+    result: dict[str, Any]
+    #: the trained model's ``state_dict``
+    state: dict[str, torch.Tensor]
+    #: what the recipe depends on (a defense's settings), None for plain training
+    recipe_key: dict[str, Any] | None = None
 
 
 @dataclass
@@ -38,11 +58,30 @@ class EvalContext:
     #: SHA-256 of each training set a victim was asked for, by tensor (kept alive here): the
     #: clean and protected sets serve several victims and are hashed once
     _digests: dict[int, tuple[torch.Tensor, str]] = field(default_factory=dict, repr=False)
+    #: every victim trained or reused so far in this job, by label, in order
+    victims: dict[str, TrainedVictim] = field(default_factory=dict)
 
     def _digest(self, images: torch.Tensor) -> str:
         if id(images) not in self._digests:
             self._digests[id(images)] = images, content_digest(self.rt, images)
         return self._digests[id(images)][1]
+
+    def new_victim_model(self) -> FeatureClassifier:
+        """A freshly initialised ``cfg.victim`` model for this dataset, on the device (the
+        caller seeds the initialisation)."""
+        data = self.data
+        return build_classifier(
+            self.cfg.victim,
+            in_channels=data.channels,
+            num_classes=data.num_classes,
+            image_size=data.image_size,
+        ).to(self.rt.device)
+
+    def victim_model(self, label: str) -> FeatureClassifier:
+        """Victim ``label``'s trained model, in eval mode on the device (a new copy each call)."""
+        model = self.new_victim_model()
+        model.load_state_dict(self.victims[label].state)
+        return model.eval()
 
     def train_victim(
         self,
@@ -67,12 +106,7 @@ class EvalContext:
         def train() -> dict[str, Any]:
             # Same initial weights and data order for every victim: only the images differ.
             torch.manual_seed(derive_seed(cfg.seed, "victim-init"))
-            model = build_classifier(
-                cfg.victim,
-                in_channels=data.channels,
-                num_classes=data.num_classes,
-                image_size=data.image_size,
-            ).to(rt.device)
+            model = self.new_victim_model()
             result = train_classifier(
                 model,
                 images,
@@ -92,4 +126,8 @@ class EvalContext:
             )
             return {"result": result.as_dict(), "state": model.state_dict()}
 
-        return self.stages.run(stage, key, train)["result"]
+        outcome = self.stages.run(stage, key, train)
+        self.victims[label] = TrainedVictim(
+            label, images, key, outcome["result"], outcome["state"], recipe_key
+        )
+        return outcome["result"]
