@@ -20,12 +20,13 @@ import torch
 from ue_sweep.artifacts import ArtifactStore, StageKey, Stages
 from ue_sweep.checkpoint import NO_CHECKPOINTS, JobCheckpoints
 from ue_sweep.config import RootConfig
+from ue_sweep.data.holdout import reserve_holdout
 from ue_sweep.data.placement import Placement, resolve_placement
 from ue_sweep.data.registry import load_dataset
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.distributed import Runtime
 from ue_sweep.errors import ConfigError
-from ue_sweep.evals import evaluations
+from ue_sweep.evals import evaluations, holdout_fraction
 from ue_sweep.evals.context import EvalContext
 from ue_sweep.keys import (
     clusters_key,
@@ -93,15 +94,27 @@ def _load_data(cfg: RootConfig, rt: Runtime) -> ImageSplits:
     return load_dataset(replace(cfg.dataset, download=False), cfg.paths)
 
 
+def _reserve_holdout(cfg: RootConfig, data: ImageSplits) -> ImageSplits:
+    """The hold-out the selected evaluations need, out of the training split before any stage:
+    seeded by the dataset's split seed, so it is a property of the data, not of the run."""
+    return reserve_holdout(data, holdout_fraction(cfg.evals), cfg.dataset.split_seed)
+
+
 def _on_device(data: ImageSplits, device: torch.device, placement: Placement) -> ImageSplits:
     """Labels always go to the device; images only when placed there."""
     images = placement.where == "device"
+
+    def move(x: torch.Tensor | None, always: bool = False) -> torch.Tensor | None:
+        return x.to(device) if x is not None and (images or always) else x
+
     return replace(
         data,
-        train_images=data.train_images.to(device) if images else data.train_images,
-        train_labels=data.train_labels.to(device),
-        test_images=data.test_images.to(device) if images else data.test_images,
-        test_labels=data.test_labels.to(device),
+        train_images=move(data.train_images),
+        train_labels=move(data.train_labels, always=True),
+        test_images=move(data.test_images),
+        test_labels=move(data.test_labels, always=True),
+        holdout_images=move(data.holdout_images),
+        holdout_labels=move(data.holdout_labels, always=True),
     )
 
 
@@ -318,12 +331,13 @@ def run_pipeline(
     tracker = progress.run_logger
     tracker.start_stage("uc")
     with timer("data"):
-        data = _load_data(cfg, rt)
+        data = _reserve_holdout(cfg, _load_data(cfg, rt))
         check_against_data(cfg, data)
+        held = () if data.holdout_images is None else (data.holdout_images, data.holdout_labels)
         identity = data_identity(
             cfg,
             content_digest(
-                rt, data.train_images, data.train_labels, data.test_images, data.test_labels
+                rt, data.train_images, data.train_labels, data.test_images, data.test_labels, *held
             ),
         )
         placement = resolve_placement(cfg.dataset, data, rt.device)
@@ -360,6 +374,7 @@ def run_pipeline(
             "name": data.name,
             "train_size": len(data.train_images),
             "test_size": len(data.test_images),
+            "holdout_size": data.holdout_size,
             "num_classes": data.num_classes,
             "channels": data.channels,
             "image_size": data.image_size,

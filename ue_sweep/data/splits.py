@@ -32,10 +32,18 @@ class ImageSplits:
     classes: tuple[str, ...]
     # What served as the test set, recorded in every result (e.g. "official test split").
     test_split: str
+    # Training images no stage trains on (`data/holdout.py`): the non-members of membership
+    # inference, taken out of the training split before any stage runs when an evaluation asks.
+    holdout_images: torch.Tensor | None = None
+    holdout_labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        for split in ("train", "test"):
+        if (self.holdout_images is None) != (self.holdout_labels is None):
+            raise ValueError(f"{self.name}: a hold-out split needs both images and labels")
+        for split in ("train", "test", "holdout"):
             images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+            if images is None:
+                continue
             if images.dtype != torch.uint8 or images.dim() != 4:
                 raise ValueError(f"{self.name} {split} images must be uint8 [N, C, H, W]")
             if labels.shape != (images.shape[0],):
@@ -63,7 +71,14 @@ class ImageSplits:
             self,
             train_images=self.train_images.expand(-1, 3, -1, -1).contiguous(),
             test_images=self.test_images.expand(-1, 3, -1, -1).contiguous(),
+            holdout_images=None
+            if self.holdout_images is None
+            else self.holdout_images.expand(-1, 3, -1, -1).contiguous(),
         )
+
+    @property
+    def holdout_size(self) -> int:
+        return 0 if self.holdout_images is None else len(self.holdout_images)
 
     @property
     def num_classes(self) -> int:

@@ -35,6 +35,9 @@ class Evaluation:
     summary: Callable[[Mapping[str, Any], Mapping[str, Any]], Sequence[str]] | None = None
     #: its section of ``ue-sweep report``, from the outcomes of each row's jobs (row label ->)
     report: Callable[[Mapping[str, Sequence[JobOutcome]]], ReportSection | None] | None = None
+    #: the fraction of the training split it needs held out from every stage (membership
+    #: inference's non-members), from its config; the job reserves the largest one asked for
+    holdout: Callable[[Any], float] | None = None
 
 
 _INTERNAL = ("context",)
@@ -54,6 +57,15 @@ def evaluations() -> dict[str, Evaluation]:
 
 def evaluation_names() -> tuple[str, ...]:
     return tuple(evaluations())
+
+
+def holdout_fraction(selected: Mapping[str, Any]) -> float:
+    """The hold-out the selected evaluations (name -> config) need: the largest they ask for."""
+    found = evaluations()
+    return max(
+        (found[name].holdout(cfg) for name, cfg in selected.items() if found[name].holdout),
+        default=0.0,
+    )
 
 
 def schemas() -> dict[str, type]:
