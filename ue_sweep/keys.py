@@ -109,10 +109,19 @@ def victim_key(
     train_images: str,
     world_size: int,
     recipe: dict[str, Any] | None = None,
+    train_labels: str | None = None,
+    variant: str | None = None,
 ) -> StageKey:
     """A victim trained from scratch on the images with digest ``train_images`` (the labels and
-    test set are the dataset's), with ``cfg.victim``'s model and recipe, or a defense's."""
+    test set are the dataset's), with ``cfg.victim``'s model and recipe, or a defense's.
+
+    ``train_labels``: the digest of the images' labels when they are not the training split's
+    (a subset: shadow models); ``variant``: the name of its own initial weights and data order.
+    Either is part of the key only when given, so every other victim keeps its key.
+    """
     victim = asdict(cfg.victim)
+    extra = {"train_labels": train_labels} if train_labels is not None else {}
+    extra |= {"variant": variant} if variant is not None else {}
     return StageKey(
         "victim",
         {
@@ -120,6 +129,7 @@ def victim_key(
             "train_images": train_images,
             "victim": victim,
             "defense": recipe,
+            **extra,
             **_training(cfg, world_size),
         },
     )

@@ -41,7 +41,7 @@ from ue_sweep.models.generators import GeneratorBank
 from ue_sweep.progress import Progress
 from ue_sweep.seeding import derive_seed
 from ue_sweep.tracking import atomic_torch_save
-from ue_sweep.uc.clustering import Clusters, cluster_features
+from ue_sweep.uc.clustering import Clusters, cluster_features, nearest_centers
 from ue_sweep.uc.features import extract_features
 from ue_sweep.uc.noise import apply_cluster_noise
 from ue_sweep.uc.protection import Protection
@@ -251,6 +251,9 @@ def _protect(
         untrained=lambda: _new_bank(cfg, clusters.k, data, rt)().float(),
         source="computed",
         extra={"centers": clusters.centers.cpu(), "targets": clusters.targets.cpu()},
+        assign=lambda images: nearest_centers(
+            extract_features(surrogate, images, FEATURE_BATCH, rt), clusters.centers
+        ),
     )
     outcome = {
         "batch": {

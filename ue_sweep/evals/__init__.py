@@ -38,6 +38,12 @@ class Evaluation:
     #: the fraction of the training split it needs held out from every stage (membership
     #: inference's non-members), from its config; the job reserves the largest one asked for
     holdout: Callable[[Any], float] | None = None
+    #: rules its config has with the rest of the job (``check(cfg, job)``), raising
+    #: ``ConfigError``; run with the config checks, before any compute
+    check: Callable[[Any, Any], None] | None = None
+    #: the labels of the victims it trains (``EvalContext.victims``), from its config: lets a
+    #: later evaluation that picks victims by label check its choice before any compute
+    victim_labels: Callable[[Any], Sequence[str]] | None = None
 
 
 _INTERNAL = ("context",)
@@ -66,6 +72,13 @@ def holdout_fraction(selected: Mapping[str, Any]) -> float:
         (found[name].holdout(cfg) for name, cfg in selected.items() if found[name].holdout),
         default=0.0,
     )
+
+
+def check(key: str, entry: Any, job: Any) -> None:
+    """The cross-field rules of evaluation ``key`` (``evals.<name>``) with the job config."""
+    evaluation = evaluations()[key.rpartition(".")[2]]
+    if evaluation.check is not None:
+        evaluation.check(entry, job)
 
 
 def schemas() -> dict[str, type]:

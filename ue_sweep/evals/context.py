@@ -41,6 +41,8 @@ class TrainedVictim:
     state: dict[str, torch.Tensor]
     #: what the recipe depends on (a defense's settings), None for plain training
     recipe_key: dict[str, Any] | None = None
+    #: the images' labels when they are not the training split's (a subset), else None
+    labels: torch.Tensor | None = None
 
 
 @dataclass
@@ -83,41 +85,63 @@ class EvalContext:
         model.load_state_dict(self.victims[label].state)
         return model.eval()
 
+    def victim_key(
+        self,
+        images: torch.Tensor,
+        recipe_key: dict[str, Any] | None = None,
+        labels: torch.Tensor | None = None,
+        variant: str | None = None,
+    ) -> StageKey:
+        """The artifact key of the victim :meth:`train_victim` trains on these arguments (to
+        ask the store whether it exists, e.g. a shadow model another job trained)."""
+        return victim_key(
+            self.cfg,
+            self.data_identity,
+            self._digest(images),
+            self.rt.world_size,
+            recipe=recipe_key,
+            train_labels=None if labels is None else self._digest(labels),
+            variant=variant,
+        )
+
     def train_victim(
         self,
         label: str,
         images: torch.Tensor,
         recipe: VictimRecipe | None = None,
         recipe_key: dict[str, Any] | None = None,
+        labels: torch.Tensor | None = None,
+        variant: str | None = None,
     ) -> dict[str, Any]:
         """A victim trained from scratch on ``images`` (uint8, the dataset's labels), evaluated
         on the clean test set: ``TrainResult.as_dict()``. Reused from the artifact store when a
         victim with the same images, model and recipe was trained before.
 
         ``label`` names the stage in this job (``victim-<label>``); ``recipe_key`` is what the
-        ``recipe`` depends on (None for plain training).
+        ``recipe`` depends on (None for plain training). ``labels``: the images' labels when
+        they are not the training split (a subset of it, e.g. a shadow model's). ``variant``
+        names the victim's own initial weights and data order (shadow models differ by them);
+        None: the same for every victim, so that only the images differ.
         """
         cfg, rt, data = self.cfg, self.rt, self.data
-        key = victim_key(
-            cfg, self.data_identity, self._digest(images), rt.world_size, recipe=recipe_key
-        )
+        key = self.victim_key(images, recipe_key, labels, variant)
         stage = f"victim-{label}"
+        streams = () if variant is None else (variant,)
 
         def train() -> dict[str, Any]:
-            # Same initial weights and data order for every victim: only the images differ.
-            torch.manual_seed(derive_seed(cfg.seed, "victim-init"))
+            torch.manual_seed(derive_seed(cfg.seed, "victim-init", *streams))
             model = self.new_victim_model()
             result = train_classifier(
                 model,
                 images,
-                data.train_labels,
+                data.train_labels if labels is None else labels,
                 data.test_images,
                 data.test_labels,
                 data.num_classes,
                 cfg.victim,
                 cfg.dataset.augment,
                 rt,
-                seed=derive_seed(cfg.seed, "victim-data"),
+                seed=derive_seed(cfg.seed, "victim-data", *streams),
                 progress=self.progress,
                 name=f"victim ({label})",
                 placement=self.placement,
@@ -128,6 +152,6 @@ class EvalContext:
 
         outcome = self.stages.run(stage, key, train)
         self.victims[label] = TrainedVictim(
-            label, images, key, outcome["result"], outcome["state"], recipe_key
+            label, images, key, outcome["result"], outcome["state"], recipe_key, labels
         )
         return outcome["result"]

@@ -186,6 +186,13 @@ def _plot(cells: Mapping[Any, Mapping[Any, Stat]], batches: list[int], path: Pat
     fig.savefig(path, dpi=150)
 
 
+def victim_labels(cfg: Any) -> list[str]:
+    conditions = ["protected", "clean"] if cfg.on_clean else ["protected"]
+    return [f"{NONE}-protected", f"{NONE}-clean"] + [
+        f"{method}-{c}" for method in cfg.methods for c in conditions
+    ]
+
+
 EVALUATION = Evaluation(
     name="defenses",
     config=DefensesConfig,
@@ -193,4 +200,5 @@ EVALUATION = Evaluation(
     job_type="defenses",
     summary=summary,
     report=report,
+    victim_labels=victim_labels,
 )

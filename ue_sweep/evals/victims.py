@@ -142,5 +142,10 @@ def summary(record: Mapping[str, Any], m: Mapping[str, Any]) -> Sequence[str]:
 
 
 EVALUATION = Evaluation(
-    name="victims", config=VictimsConfig, run=run, job_type="victim", summary=summary
+    name="victims",
+    config=VictimsConfig,
+    run=run,
+    job_type="victim",
+    summary=summary,
+    victim_labels=lambda cfg: ["clean", "protected", *cfg.controls],
 )

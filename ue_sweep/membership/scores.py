@@ -6,8 +6,11 @@ computed in float64 from the gathered logits, so every rank holds the same score
 world size. Higher is "more likely a member" for every score:
 
 - ``loss``: minus the cross-entropy of the true label (Yeom et al. 2018's loss threshold);
-- ``confidence``: the softmax probability of the true label (ML-Leaks' posterior threshold, Salem
-  et al. 2019, on the true class's posterior);
+- ``confidence``: the softmax probability of the true label (a monotone function of the loss:
+  the same ROC);
+- ``max_posterior``: the largest softmax probability, whatever the label (ML-Leaks' threshold
+  attack, Salem et al. 2019, adversary 3: needs no label, and differs from the loss on the
+  examples the model gets wrong);
 - ``logit_confidence``: LiRA's logit-scaled confidence ``log p_y - log(1 - p_y)`` (Carlini et al.
   2022), computed as ``z_y - logsumexp_{j != y} z_j`` so it stays finite when ``p_y`` rounds to 1.
 """
@@ -114,6 +117,12 @@ def confidence_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return loss_score(logits, labels).exp()
 
 
+def max_posterior(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The largest softmax probability, float64 (``labels`` unused: the attack needs none)."""
+    z = logits.double()
+    return (z.max(-1).values - torch.logsumexp(z, -1)).exp()
+
+
 def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``log p_y - log(1 - p_y)`` of the true label, float64, stable for ``p_y`` near 0 or 1."""
     z = logits.double()
@@ -129,5 +138,6 @@ def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 SCORES = {
     "loss": loss_score,
     "confidence": confidence_score,
+    "max_posterior": max_posterior,
     "logit_confidence": logit_confidence,
 }

@@ -57,6 +57,12 @@ def assign_targets(k: int, cfg: ClustersConfig, seed: int) -> torch.Tensor:
             return perm
 
 
+def nearest_centers(features: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """The index of the nearest centre (Euclidean, as k-means assigns) of each feature row: the
+    cluster, and so the noise, of an image that was not clustered (a hold-out image)."""
+    return torch.cdist(features.float(), centers.to(features.device).float()).argmin(1)
+
+
 def cluster_features(
     features: torch.Tensor, cfg: ClustersConfig, seed: int, rt: Runtime
 ) -> Clusters:

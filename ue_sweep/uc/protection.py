@@ -22,3 +22,8 @@ class Protection:
     source: str
     #: more tensors that go into noise.pt (cluster centres and targets)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: the cluster of each of some new uint8 images (nearest centre of their surrogate
+    #: features, as k-means assigned the training images): how a data owner would protect
+    #: images the protection never saw; collective over ranks. None when the surrogate is
+    #: not at hand (``uc.source``)
+    assign: Callable[[torch.Tensor], torch.Tensor] | None = None
