@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ue_sweep.config import RootConfig
     from ue_sweep.evals.context import EvalContext
 
 
@@ -35,6 +36,12 @@ class Evaluation:
     summary: Callable[[Mapping[str, Any], Mapping[str, Any]], Sequence[str]] | None = None
     #: its section of ``ue-sweep report``, from the outcomes of each row's jobs (row label ->)
     report: Callable[[Mapping[str, Sequence[JobOutcome]]], ReportSection | None] | None = None
+    #: epochs (0-based) whose weights it needs from every victim of the job, from the job's
+    #: config and its own; the victims' training keeps them (``TrainedVictim.snapshots``)
+    snapshots: Callable[[RootConfig, Any], Sequence[int]] | None = None
+    #: rules its config has with the rest of the job, checked before any compute
+    #: (``check(key, its config, job config)``, raising ConfigError)
+    check: Callable[[str, Any, RootConfig], None] | None = None
 
 
 _INTERNAL = ("context",)
@@ -50,6 +57,13 @@ def evaluations() -> dict[str, Evaluation]:
         evaluation = importlib.import_module(f"{__name__}.{module.name}").EVALUATION
         found[evaluation.name] = evaluation
     return found
+
+
+def check(key: str, entry: Any, cfg: RootConfig) -> None:
+    """The ``evals`` group's cross-field rules: each evaluation's own ``check``."""
+    evaluation = evaluations()[key.rpartition(".")[2]]
+    if evaluation.check is not None:
+        evaluation.check(key, entry, cfg)
 
 
 def evaluation_names() -> tuple[str, ...]:
