@@ -75,7 +75,7 @@ CASES = [
         "unknown-evaluation",
         17,
         ["evals=[victims,nope]"],
-        "expected one of: defenses, victims",
+        "expected one of: defenses, learnability",
         False,
     ),
     (
