@@ -156,3 +156,34 @@ def epic_selection(env: DistEnv, out: str) -> None:
                     p.mul_(1.5)
         if rt.is_main:
             torch.save({"weights": masks, "summary": epic.summary()}, out)
+
+
+def sal_tables(env: DistEnv, out: str) -> None:
+    """SAL of every layer of a tiny float64 CNN after two "epochs" (its initial weights and a
+    perturbed copy), the pairs dealt over the ranks; one thread per rank, as on one rank."""
+    from ue_sweep.learnability.search import SearchSettings
+    from ue_sweep.learnability.table import layer_names, sal_table
+
+    with runtime(env, TrainerConfig(accelerator="cpu", timeout_s=60, threads=1)) as rt:
+        torch.manual_seed(0)
+        model = build_classifier(ModelSpec(width=4), in_channels=1, num_classes=3, image_size=8)
+        model = model.double()
+        first = {k: v.clone() for k, v in model.state_dict().items()}
+        second = {
+            k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v.clone()
+            for k, v in first.items()
+        }
+        images = separable_images(24, 3).double() / 255
+        labels = torch.arange(24) % 3
+        table = sal_table(
+            rt,
+            model,
+            {0: first, 3: second},
+            images,
+            labels,
+            layer_names(model),
+            SearchSettings(eps=0.05, lr=0.1, steps=2, batch_size=8),
+            seed=7,
+        )
+        if rt.is_main:
+            torch.save(table, out)

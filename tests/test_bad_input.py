@@ -75,7 +75,7 @@ CASES = [
         "unknown-evaluation",
         17,
         ["evals=[victims,nope]"],
-        "expected one of: defenses, membership, victims",
+        "expected one of: defenses, learnability, membership",
         False,
     ),
     (

@@ -10,6 +10,7 @@ job's via ``uc.source``, or a defense's transform).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,9 @@ def victim_key(
             **_training(cfg, world_size),
         },
     )
+
+
+def snapshots_key(victim: StageKey, epochs: Sequence[int]) -> StageKey:
+    """The per-epoch weights of victim ``victim`` after ``epochs`` (0-based): a stage of its
+    own, so a victim stored without them is reused as it is and only retrained for them."""
+    return StageKey("victim-snapshots", {"victim": victim.digest, "epochs": sorted(epochs)})

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ue_sweep.config import RootConfig
     from ue_sweep.evals.context import EvalContext
 
 
@@ -38,12 +39,15 @@ class Evaluation:
     #: the fraction of the training split it needs held out from every stage (membership
     #: inference's non-members), from its config; the job reserves the largest one asked for
     holdout: Callable[[Any], float] | None = None
-    #: rules its config has with the rest of the job (``check(cfg, job)``), raising
-    #: ``ConfigError``; run with the config checks, before any compute
-    check: Callable[[Any, Any], None] | None = None
+    #: rules its config has with the rest of the job, checked before any compute
+    #: (``check(key, its config, job config)``, raising ConfigError)
+    check: Callable[[str, Any, RootConfig], None] | None = None
     #: the labels of the victims it trains (``EvalContext.victims``), from its config: lets a
     #: later evaluation that picks victims by label check its choice before any compute
     victim_labels: Callable[[Any], Sequence[str]] | None = None
+    #: epochs (0-based) whose weights it needs from every victim of the job, from the job's
+    #: config and its own; the victims' training keeps them (``TrainedVictim.snapshots``)
+    snapshots: Callable[[RootConfig, Any], Sequence[int]] | None = None
 
 
 _INTERNAL = ("context",)
@@ -61,6 +65,13 @@ def evaluations() -> dict[str, Evaluation]:
     return found
 
 
+def check(key: str, entry: Any, cfg: RootConfig) -> None:
+    """The ``evals`` group's cross-field rules: each evaluation's own ``check``."""
+    evaluation = evaluations()[key.rpartition(".")[2]]
+    if evaluation.check is not None:
+        evaluation.check(key, entry, cfg)
+
+
 def evaluation_names() -> tuple[str, ...]:
     return tuple(evaluations())
 
@@ -72,13 +83,6 @@ def holdout_fraction(selected: Mapping[str, Any]) -> float:
         (found[name].holdout(cfg) for name, cfg in selected.items() if found[name].holdout),
         default=0.0,
     )
-
-
-def check(key: str, entry: Any, job: Any) -> None:
-    """The cross-field rules of evaluation ``key`` (``evals.<name>``) with the job config."""
-    evaluation = evaluations()[key.rpartition(".")[2]]
-    if evaluation.check is not None:
-        evaluation.check(entry, job)
 
 
 def schemas() -> dict[str, type]:

@@ -14,7 +14,8 @@ from ue_sweep.config import RootConfig
 from ue_sweep.data.placement import Placement
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.distributed import Runtime
-from ue_sweep.keys import content_digest, victim_key
+from ue_sweep.evals import evaluations
+from ue_sweep.keys import content_digest, snapshots_key, victim_key
 from ue_sweep.models.classifiers import FeatureClassifier, build_classifier
 from ue_sweep.progress import Progress
 from ue_sweep.seeding import derive_seed
@@ -43,6 +44,13 @@ class TrainedVictim:
     recipe_key: dict[str, Any] | None = None
     #: the images' labels when they are not the training split's (a subset), else None
     labels: torch.Tensor | None = None
+    #: the recipe it trained with (its ``prepare`` made the images it saw), None for plain
+    recipe: VictimRecipe | None = None
+    #: CPU ``state_dict`` after each epoch the job's evaluations asked for, by epoch (0-based)
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    #: where the snapshots come from: ``training`` (the run that made this victim, now or in
+    #: the job that stored it) or ``retrained`` (the stored victim had none: trained again)
+    snapshot_source: str | None = None
 
 
 @dataclass
@@ -104,6 +112,14 @@ class EvalContext:
             variant=variant,
         )
 
+    def snapshot_epochs(self) -> tuple[int, ...]:
+        """Epochs (0-based) whose weights the job's evaluations need from every victim."""
+        wanted: set[int] = set()
+        for name, eval_cfg in self.cfg.evals.items():
+            if (epochs := evaluations()[name].snapshots) is not None:
+                wanted.update(epochs(self.cfg, eval_cfg))
+        return tuple(sorted(wanted))
+
     def train_victim(
         self,
         label: str,
@@ -128,7 +144,7 @@ class EvalContext:
         stage = f"victim-{label}"
         streams = () if variant is None else (variant,)
 
-        def train() -> dict[str, Any]:
+        def train(snapshot_epochs: tuple[int, ...] = ()) -> dict[str, Any]:
             torch.manual_seed(derive_seed(cfg.seed, "victim-init", *streams))
             model = self.new_victim_model()
             result = train_classifier(
@@ -147,11 +163,62 @@ class EvalContext:
                 placement=self.placement,
                 checkpoint=self.checkpoints.stage(stage),
                 recipe=recipe,
+                snapshot_epochs=snapshot_epochs,
             )
-            return {"result": result.as_dict(), "state": model.state_dict()}
+            out = {"result": result.as_dict(), "state": model.state_dict()}
+            return out | ({"snapshots": result.snapshots} if snapshot_epochs else {})
 
-        outcome = self.stages.run(stage, key, train)
+        epochs = self.snapshot_epochs()
+        snapshots: dict[str, Any] = {}
+        source = None
+        if epochs:
+            # The weights per epoch are a stage of their own (with the run's result and final
+            # state): a victim stored without them is retrained once, for them, and reused.
+            snapshots = self.stages.run(
+                f"{stage}-snapshots", snapshots_key(key, epochs), lambda: train(epochs)
+            )
+        outcome = self.stages.run(
+            stage,
+            key,
+            (lambda: {"result": snapshots["result"], "state": snapshots["state"]})
+            if snapshots
+            else train,
+        )
+        if epochs:
+            source = self._snapshot_source(label, stage, outcome, snapshots)
         self.victims[label] = TrainedVictim(
-            label, images, key, outcome["result"], outcome["state"], recipe_key, labels
+            label,
+            images,
+            key,
+            outcome["result"],
+            outcome["state"],
+            recipe_key,
+            labels=labels,
+            recipe=recipe,
+            snapshots=snapshots.get("snapshots", {}),
+            snapshot_source=source,
         )
         return outcome["result"]
+
+    def _snapshot_source(
+        self, label: str, stage: str, victim: dict[str, Any], snapshots: dict[str, Any]
+    ) -> str:
+        """``training`` when the snapshots come from the run that made the victim; when the
+        stored victim had none and was retrained for them, ``retrained`` (the same curves) or
+        ``retrained-differs`` (nondeterministic training), also said in the log."""
+        status = {s: self.stages.provenance[s]["status"] for s in (stage, f"{stage}-snapshots")}
+        if status != {stage: "reused", f"{stage}-snapshots": "computed"}:
+            return "training"
+
+        def curves(outcome: dict[str, Any]) -> list[dict[str, Any]]:
+            return [
+                {k: v for k, v in r.items() if k != "seconds"} for r in outcome["result"]["history"]
+            ]
+
+        same = curves(victim) == curves(snapshots)
+        self.progress.info(
+            "victim %s was stored without per-epoch weights: retrained for them (%s)",
+            label,
+            "the same curves as the stored run" if same else "curves differ from the stored run",
+        )
+        return "retrained" if same else "retrained-differs"

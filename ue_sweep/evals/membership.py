@@ -100,8 +100,7 @@ def _known_labels(job: RootConfig) -> list[str] | None:
     return labels or list(OWN_VICTIMS)
 
 
-def check(cfg: MembershipConfig, job: RootConfig) -> None:
-    key = "evals.membership"
+def check(key: str, cfg: MembershipConfig, job: RootConfig) -> None:
     if not cfg.query:
         raise ConfigError(f"{key}.query", cfg.query, "at least one of: " + ", ".join(QUERIES))
     if not cfg.attacks:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,6 +49,9 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     #: the recipe's diagnostics (:meth:`VictimRecipe.summary`) when one was given
     defense: dict[str, Any] | None = None
+    #: CPU copies of the model's ``state_dict`` after each epoch asked for (``snapshot_epochs``),
+    #: by epoch; not part of :meth:`as_dict`
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def mean_last(self) -> dict[str, object]:
         """Test accuracy averaged over the last ``average_last`` epochs (all evaluated)."""
@@ -69,6 +73,37 @@ class TrainResult:
             "seconds": self.seconds,
             "history": [asdict(r) for r in self.history],
         } | ({} if self.defense is None else {"defense": self.defense})
+
+
+class Snapshots:
+    """Per-epoch weights kept for later evaluations (learnability), resumable with the stage.
+
+    Copies are taken after the epoch, with the floating-point buffers (BN statistics) averaged
+    over ranks as the evaluation sees them; the model itself is never touched, so training is
+    the same with and without snapshots.
+    """
+
+    def __init__(self, epochs: Collection[int]) -> None:
+        self.epochs = frozenset(epochs)
+        self.states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def take(self, epoch: int, model: torch.nn.Module, rt: Runtime, averaged: bool) -> None:
+        """Copy ``model`` after ``epoch`` if asked for; ``averaged``: its buffers already are.
+        Collective on several ranks (every rank takes the same epochs)."""
+        if epoch not in self.epochs:
+            return
+        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if not averaged and rt.world_size > 1:
+            for name, buffer in model.named_buffers():
+                if buffer.is_floating_point():
+                    state[name] = (rt.all_reduce_sum(buffer.detach()) / rt.world_size).cpu()
+        self.states[epoch] = state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"states": self.states}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.states = {int(e): s for e, s in state["states"].items()}
 
 
 def uses_sync_batchnorm(cfg: TrainingConfig, per_device: int, rt: Runtime) -> bool:
@@ -94,12 +129,14 @@ def train_classifier(
     checkpoint: StageCheckpoint = NO_CHECKPOINT,
     placement: Placement = ON_DEVICE,
     recipe: VictimRecipe | None = None,
+    snapshot_epochs: Collection[int] = (),
 ) -> TrainResult:
     """Train ``model`` in place on uint8 images kept per ``placement``; evaluate on the test set.
 
     ``recipe`` is how the victim trains (a defense); None is plain ERM. Resumes from
     ``checkpoint`` when it holds a state (the recipe's included), saves one after every epoch,
-    and stops at a checkpoint when preemption is requested.
+    and stops at a checkpoint when preemption is requested. The weights after each epoch of
+    ``snapshot_epochs`` (0-based) come back in :attr:`TrainResult.snapshots`.
     """
     defended = recipe is not None
     recipe = recipe if defended else VictimRecipe()
@@ -125,8 +162,15 @@ def train_classifier(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=cfg.epochs * len(stream), eta_min=cfg.min_lr
     )
+    snapshots = Snapshots(snapshot_epochs)
     resumable = Resumable(
-        checkpoint, model=model, optimizer=optimizer, schedule=schedule, recipe=recipe
+        checkpoint,
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        recipe=recipe,
+        # only when asked for: checkpoints of plain victims keep their layout
+        **({"snapshots": snapshots} if snapshots.epochs else {}),
     )
     # running sums: [sum of per-sample losses, correct, samples] of the epoch on this rank
     loop = resumable.start(num_sums=3, device=rt.device)
@@ -182,6 +226,7 @@ def train_classifier(
                 seconds=time.perf_counter() - epoch_start,
             )
             history.append(record)
+            snapshots.take(epoch, model, rt, averaged=evaluated)
             save(epoch + 1, 0)
             bar.epoch_done(
                 epoch,
@@ -201,4 +246,5 @@ def train_classifier(
         average_last=cfg.average_last,
         history=history,
         defense=recipe.summary() if defended else None,
+        snapshots=snapshots.states,
     )
