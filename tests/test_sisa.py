@@ -91,6 +91,8 @@ def test_a_request_retrains_only_its_shards_and_only_from_its_slice(rt, tmp_path
     ]
     assert [r["steps"] for r in after.shards] == expected
     assert expected[0] > 0 and expected[1] > expected[0] and expected[2] == 0
+    # The retraining cost read from the slices' records is the same count.
+    assert after.steps_from([2, 1, None])[0] == sum(expected)
     # No constituent's training indices hold a removed point, from the checkpoints themselves.
     assert [r["removed_seen"] for r in after.shards] == [0, 0, 0]
     for k, outcome in after.local.items():
@@ -105,6 +107,7 @@ def test_a_request_retrains_only_its_shards_and_only_from_its_slice(rt, tmp_path
     reused = again.fit(after_part, queries, removed)
     assert [r["start"] for r in reused.shards] == [toy.SLICES] * toy.SHARDS
     assert reused.total("steps") == 0
+    assert reused.steps_from([2, 1, None]) == after.steps_from([2, 1, None])
     assert torch.equal(reused.posteriors, after.posteriors)
 
 

@@ -62,7 +62,7 @@ class Group:
 
 
 # RootConfig field -> its Group.
-GROUPS: dict[str, Group] = {"evals": Group(schemas=evals.schemas)}
+GROUPS: dict[str, Group] = {"evals": Group(schemas=evals.schemas, check=evals.check)}
 
 
 def register_schemas() -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ue_sweep.config import RootConfig
+    from ue_sweep.data.splits import ImageSplits
     from ue_sweep.evals.context import EvalContext
 
 
@@ -38,6 +40,12 @@ class Evaluation:
     #: the fraction of the training split it needs held out from every stage (membership
     #: inference's non-members), from its config; the job reserves the largest one asked for
     holdout: Callable[[Any], float] | None = None
+    #: rules between its config and the rest of the job, checked with the config before any
+    #: compute: ``(key "evals.<name>", its config, the job's config)``, raising ConfigError
+    check: Callable[[str, Any, RootConfig], None] | None = None
+    #: rules that need the loaded data (the training split after the hold-out), checked before
+    #: any stage runs: ``(key, its config, the job's config, the data)``, raising ConfigError
+    check_data: Callable[[str, Any, RootConfig, ImageSplits], None] | None = None
 
 
 _INTERNAL = ("context",)
@@ -66,6 +74,21 @@ def holdout_fraction(selected: Mapping[str, Any]) -> float:
         (found[name].holdout(cfg) for name, cfg in selected.items() if found[name].holdout),
         default=0.0,
     )
+
+
+def check(key: str, entry: Any, cfg: RootConfig) -> None:
+    """The ``check`` of the evaluation at ``key`` (``evals.<name>``), if it has one."""
+    evaluation = evaluations()[key.split(".", 1)[1]]
+    if evaluation.check is not None:
+        evaluation.check(key, entry, cfg)
+
+
+def check_data(cfg: RootConfig, data: ImageSplits) -> None:
+    """Every selected evaluation's rules on the loaded data."""
+    for name, entry in cfg.evals.items():
+        evaluation = evaluations()[name]
+        if evaluation.check_data is not None:
+            evaluation.check_data(f"evals.{name}", entry, cfg, data)
 
 
 def schemas() -> dict[str, type]:

@@ -37,17 +37,17 @@ from ue_sweep.seeding import derive_seed
 from ue_sweep.sisa.partition import Partition, indices_digest
 from ue_sweep.train.classifier import EVAL_BATCH, train_classifier
 
-#: columns of the per-shard record each rank contributes to a fit's gathered records
+#: columns of the per-shard record each rank contributes to a fit's gathered records; then
+#: ``slice_steps`` and ``slice_seconds``, one per slice, as recorded when each was trained
 RECORD = (
     "shard",
     "start",  # first slice trained by this fit (the number of slices reused)
     "steps",  # optimizer steps this fit took
     "seconds",  # their training seconds
-    "chain_steps",  # steps of all the constituent's slices, reused ones included
-    "chain_seconds",  # as recorded when each slice was trained
     "size",  # training indices of the final slice
     "removed_seen",  # of the ``removed`` points, how many the final state trained on
 )
+PER_SLICE = ("slice_steps", "slice_seconds")
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Fit:
 
     #: ``[S, Q, C]`` float64 softmax posteriors of each constituent on the query images
     posteriors: torch.Tensor
-    #: one dict per shard, keys :data:`RECORD`
+    #: one dict per shard: :data:`RECORD`'s numbers and :data:`PER_SLICE`'s lists
     shards: list[dict[str, float]]
     #: this rank's constituents: shard -> final slice outcome (``state``, ``seen``, ``history``)
     local: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -64,6 +64,17 @@ class Fit:
 
     def total(self, column: str) -> float:
         return sum(r[column] for r in self.shards)
+
+    def steps_from(self, first: Sequence[int | None]) -> tuple[int, float]:
+        """Steps and recorded seconds of every constituent's slices from ``first[k]`` on (None:
+        none): what retraining from those slices costs, whether this fit trained or reused
+        them."""
+        steps, seconds = 0, 0.0
+        for record, start in zip(self.shards, first, strict=True):
+            if start is not None:
+                steps += sum(record["slice_steps"][start:])
+                seconds += sum(record["slice_seconds"][start:])
+        return steps, seconds
 
 
 @dataclass
@@ -117,10 +128,13 @@ class SisaTrainer:
             record["removed_seen"] = (
                 0 if removed is None else int(torch.isin(seen, removed.cpu()).sum())
             )
-            records.append(torch.tensor([float(record[c]) for c in RECORD], dtype=torch.float64))
+            history = outcome["history"]
+            row = [float(record[c]) for c in RECORD]
+            row += [float(h["steps"]) for h in history] + [h["seconds"] for h in history]
+            records.append(torch.tensor(row, dtype=torch.float64))
             posteriors.append(self._posteriors(model, queries))
             local[k] = outcome
-        width, q = len(RECORD), len(queries)
+        width, q = len(RECORD) + 2 * len(self.epochs), len(queries)
         gathered = rt.all_gather_rows(
             torch.stack(records) if records else torch.zeros(0, width, dtype=torch.float64)
         ).cpu()
@@ -130,8 +144,16 @@ class SisaTrainer:
             else torch.zeros(0, q, self.num_classes, dtype=torch.float64)
         ).cpu()
         order = gathered[:, 0].argsort()
-        shards = [dict(zip(RECORD, row.tolist(), strict=True)) for row in gathered[order]]
+        shards = [self._record(row) for row in gathered[order].tolist()]
         return Fit(scores[order], shards, local, time.perf_counter() - started)
+
+    def _record(self, row: list[float]) -> dict[str, Any]:
+        fixed, r = len(RECORD), len(self.epochs)
+        return {
+            **{c: int(v) if c != "seconds" else v for c, v in zip(RECORD, row, strict=False)},
+            "slice_steps": [int(v) for v in row[fixed : fixed + r]],
+            "slice_seconds": row[fixed + r :],
+        }
 
     def _stored(self, keys: list[list[StageKey]]) -> torch.Tensor:
         """``[S, R]``: which slice artifacts the store holds, as rank 0 sees it."""
@@ -185,8 +207,6 @@ class SisaTrainer:
             "start": start,
             "steps": steps,
             "seconds": seconds,
-            "chain_steps": sum(h["steps"] for h in history),
-            "chain_seconds": sum(h["seconds"] for h in history),
             "size": len(outcome["seen"]),
         }
         return model, outcome, record
