@@ -9,8 +9,10 @@ from tests import sisa_workers as toy
 from ue_sweep.distributed import DistEnv, spawn
 from ue_sweep.sisa.aggregate import majority_vote, mean_posterior, votes
 from ue_sweep.sisa.partition import (
+    full_retrain_steps,
     partition,
     read_request_file,
+    single_request_ratio,
     slice_epochs,
     steps_per_epoch,
 )
@@ -38,6 +40,18 @@ def test_epochs_per_slice_visit_as_many_samples_as_the_budget_on_the_whole_shard
     for e, r in ((8, 3), (12, 5), (20, 4)):
         per_slice = slice_epochs(e, r)
         assert sum(x * (s + 1) / r for s, x in enumerate(per_slice)) == pytest.approx(e, rel=0.1)
+
+
+def test_step_counts_follow_the_trainers_batch_rule_and_the_slice_sizes():
+    assert [steps_per_epoch(n, 8) for n in (0, 1, 7, 8, 15, 16, 17)] == [0, 1, 1, 1, 1, 2, 2]
+    part = partition(96, 4, 2, seed=0)  # shards of 24, slices of 12
+    assert full_retrain_steps(part, [2, 3], batch=5) == [2 * 2 + 3 * 4] * 4
+    # One request, batch 1 (a step per sample), one slice: a shard of 24 - 1 retrains.
+    assert single_request_ratio(partition(96, 4, 1, seed=0), [1], 1) == 23 / (3 * 24 + 23)
+    # One shard, two slices of 48: a point of slice 0 retrains all (ratio 1), one of slice 1
+    # only the second slice: 95 of 47 + 95 steps; half the points each.
+    ratio = single_request_ratio(partition(96, 1, 2, seed=0), [1, 1], 1)
+    assert ratio == pytest.approx((1 + 95 / 142) / 2, rel=1e-15)
 
 
 def test_the_aggregates_equal_a_hand_computation():

@@ -36,8 +36,10 @@ from ue_sweep.sisa.ensemble import Fit, SisaTrainer
 from ue_sweep.sisa.partition import (
     Partition,
     draw_requests,
+    full_retrain_steps,
     partition,
     read_request_file,
+    single_request_ratio,
     slice_epochs,
     steps_per_epoch,
 )
@@ -188,35 +190,6 @@ class Queries:
         return out
 
 
-def _full_retrain_steps(part: Partition, epochs: Sequence[int], batch: int) -> list[int]:
-    """Per shard, the steps of training its constituent from scratch on ``part``."""
-    return [
-        sum(e * steps_per_epoch(len(part.seen(k, s)), batch) for s, e in enumerate(epochs))
-        for k in range(part.shards)
-    ]
-
-
-def _single_request_ratio(part: Partition, epochs: Sequence[int], batch: int) -> float:
-    """The mean over every training point of the retraining cost (steps) of a request for that
-    point alone, over a full retrain without it: SISA's expected speed-up for one uniform
-    request, counted exactly from the slice sizes (no training)."""
-    sizes = [[len(part.seen(k, s)) for s in range(len(epochs))] for k in range(part.shards)]
-
-    def steps(k: int, start: int, minus: int) -> int:
-        return sum(
-            epochs[s] * steps_per_epoch(sizes[k][s] - minus, batch)
-            for s in range(start, len(epochs))
-        )
-
-    total, points = 0.0, 0
-    for k in range(part.shards):
-        others = sum(steps(j, 0, 0) for j in range(part.shards) if j != k)
-        for s, piece in enumerate(part.slices[k]):
-            total += len(piece) * steps(k, s, 1) / (others + steps(k, 0, 1))
-            points += len(piece)
-    return total / points
-
-
 def _cost(
     before: Fit,
     after: Fit,
@@ -229,7 +202,7 @@ def _cost(
     """What serving the requests costs: each affected constituent's slices from its first
     changed one (steps and the seconds recorded when they were trained, in this job or the one
     that stored them), against retraining every constituent from scratch on what remains."""
-    full = _full_retrain_steps(left, epochs, batch)
+    full = full_retrain_steps(left, epochs, batch)
     steps, seconds = after.steps_from(first)
     initial_steps, initial_seconds = before.steps_from([0] * before.posteriors.shape[0])
     per_step = initial_seconds / initial_steps
@@ -246,7 +219,7 @@ def _cost(
         # One model without SISA, the same epoch budget on all the remaining points.
         "single_model_steps": budget * steps_per_epoch(remaining, batch),
         "retrained_from": list(first),
-        "expected_single_request_ratio": _single_request_ratio(left, epochs, batch),
+        "expected_single_request_ratio": single_request_ratio(left, epochs, batch),
         # What this job trained to serve them (0 when a job with the same requests did).
         "trained_steps": int(after.total("steps")),
         "trained_wall_seconds": after.wall_seconds,

@@ -57,7 +57,7 @@ class Fit:
     #: ``[S, Q, C]`` float64 softmax posteriors of each constituent on the query images
     posteriors: torch.Tensor
     #: one dict per shard: :data:`RECORD`'s numbers and :data:`PER_SLICE`'s lists
-    shards: list[dict[str, float]]
+    shards: list[dict[str, Any]]
     #: this rank's constituents: shard -> final slice outcome (``state``, ``seen``, ``history``)
     local: dict[int, dict[str, Any]] = field(default_factory=dict)
     wall_seconds: float = 0.0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,35 @@ class Partition:
                 for shard in self.slices
             )
         )
+
+
+def full_retrain_steps(part: Partition, epochs: Sequence[int], batch: int) -> list[int]:
+    """Per shard, the steps of training its constituent from scratch on ``part``."""
+    return [
+        sum(e * steps_per_epoch(len(part.seen(k, s)), batch) for s, e in enumerate(epochs))
+        for k in range(part.shards)
+    ]
+
+
+def single_request_ratio(part: Partition, epochs: Sequence[int], batch: int) -> float:
+    """The mean over every training point of the retraining cost (steps) of a request for that
+    point alone, over a full retrain without it: SISA's expected speed-up for one uniform
+    request, counted exactly from the slice sizes (no training)."""
+    sizes = [[len(part.seen(k, s)) for s in range(len(epochs))] for k in range(part.shards)]
+
+    def steps(k: int, start: int, minus: int) -> int:
+        return sum(
+            epochs[s] * steps_per_epoch(sizes[k][s] - minus, batch)
+            for s in range(start, len(epochs))
+        )
+
+    total, points = 0.0, 0
+    for k in range(part.shards):
+        others = sum(steps(j, 0, 0) for j in range(part.shards) if j != k)
+        for s, piece in enumerate(part.slices[k]):
+            total += len(piece) * steps(k, s, 1) / (others + steps(k, 0, 1))
+            points += len(piece)
+    return total / points
 
 
 def partition(n: int, shards: int, slices: int, seed: int) -> Partition:
