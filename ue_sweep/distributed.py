@@ -223,6 +223,37 @@ class Runtime:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
+    def solo(self) -> SoloRuntime:
+        """This process alone as a world of size 1 (same device and precision), for work a rank
+        does by itself: a SISA constituent trained there gives the same model whatever the
+        job's world size."""
+        return SoloRuntime(
+            env=DistEnv(launcher=self.env.launcher),
+            device=self.device,
+            backend=self.backend,
+            precision=self.precision,
+        )
+
+
+class SoloRuntime(Runtime):
+    """A world of one process: its collectives are the identity and touch no process group, and
+    models train unwrapped (DDP over one rank would synchronise nothing)."""
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device).clone()
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        return tensor.to(self.device).contiguous()
+
+    def all_gather_rows(self, local: torch.Tensor) -> torch.Tensor:
+        return local.to(self.device).contiguous()
+
+    def barrier(self) -> None:
+        pass
+
+    def wrap(self, module: nn.Module) -> nn.Module:  # type: ignore[override]
+        return module
+
 
 def cpu_threads(
     trainer: TrainerConfig, env: DistEnv, environ: Mapping[str, str] = os.environ

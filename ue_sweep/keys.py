@@ -140,3 +140,36 @@ def snapshots_key(victim: StageKey, epochs: Sequence[int]) -> StageKey:
     """The per-epoch weights of victim ``victim`` after ``epochs`` (0-based): a stage of its
     own, so a victim stored without them is reused as it is and only retrained for them."""
     return StageKey("victim-snapshots", {"victim": victim.digest, "epochs": sorted(epochs)})
+
+
+def sisa_slice_key(
+    cfg: RootConfig,
+    data: dict[str, Any],
+    train_images: str,
+    shard: int,
+    slice_index: int,
+    epochs: int,
+    seen: str,
+    previous: StageKey | None,
+) -> StageKey:
+    """SISA constituent ``shard`` after training ``epochs`` epochs on slice ``slice_index``: named
+    by the exact sorted training indices it has seen (digest ``seen``) of the images with digest
+    ``train_images``, and by the slice before it (its starting state), so a request invalidates
+    the slices from the first one that held a removed point, and only those. Always trained on
+    one rank (``sisa/ensemble.py``): world size 1 whatever the job's."""
+    victim = asdict(cfg.victim)
+    victim.pop("epochs")  # the slice's own epochs replace it
+    return StageKey(
+        "sisa-slice",
+        {
+            "data": data,
+            "train_images": train_images,
+            "victim": victim,
+            "shard": shard,
+            "slice": slice_index,
+            "epochs": epochs,
+            "seen": seen,
+            "previous": None if previous is None else previous.digest,
+            **_training(cfg, 1),
+        },
+    )

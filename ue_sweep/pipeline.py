@@ -26,6 +26,7 @@ from ue_sweep.data.registry import load_dataset
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.distributed import Runtime
 from ue_sweep.errors import ConfigError
+from ue_sweep.evals import check_data as check_evaluations_data
 from ue_sweep.evals import evaluations, holdout_fraction
 from ue_sweep.evals.context import EvalContext
 from ue_sweep.keys import (
@@ -75,6 +76,7 @@ def check_against_data(cfg: RootConfig, data: ImageSplits) -> None:
         raise ConfigError(
             "clusters.k", cfg.clusters.k, f"at most the {n} training images of {data.name}"
         )
+    check_evaluations_data(cfg, data)
 
 
 def _class_counts(labels: torch.Tensor, num_classes: int) -> list[int]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ue_sweep.config import RootConfig
+    from ue_sweep.data.splits import ImageSplits
     from ue_sweep.evals.context import EvalContext
 
 
@@ -48,6 +49,9 @@ class Evaluation:
     #: epochs (0-based) whose weights it needs from every victim of the job, from the job's
     #: config and its own; the victims' training keeps them (``TrainedVictim.snapshots``)
     snapshots: Callable[[RootConfig, Any], Sequence[int]] | None = None
+    #: rules that need the loaded data (the training split after the hold-out), checked before
+    #: any stage runs: ``(key, its config, the job's config, the data)``, raising ConfigError
+    check_data: Callable[[str, Any, RootConfig, ImageSplits], None] | None = None
 
 
 _INTERNAL = ("context",)
@@ -83,6 +87,14 @@ def holdout_fraction(selected: Mapping[str, Any]) -> float:
         (found[name].holdout(cfg) for name, cfg in selected.items() if found[name].holdout),
         default=0.0,
     )
+
+
+def check_data(cfg: RootConfig, data: ImageSplits) -> None:
+    """Every selected evaluation's rules on the loaded data."""
+    for name, entry in cfg.evals.items():
+        evaluation = evaluations()[name]
+        if evaluation.check_data is not None:
+            evaluation.check_data(f"evals.{name}", entry, cfg, data)
 
 
 def schemas() -> dict[str, type]:

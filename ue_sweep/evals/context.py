@@ -76,6 +76,11 @@ class EvalContext:
             self._digests[id(images)] = images, content_digest(self.rt, images)
         return self._digests[id(images)][1]
 
+    def images_digest(self, images: torch.Tensor) -> str:
+        """SHA-256 of a training set (uint8 images), hashed once per job: what names the stages
+        trained on it."""
+        return self._digest(images)
+
     def new_victim_model(self) -> FeatureClassifier:
         """A freshly initialised ``cfg.victim`` model for this dataset, on the device (the
         caller seeds the initialisation)."""
