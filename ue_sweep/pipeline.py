@@ -20,6 +20,7 @@ import torch
 from ue_sweep.artifacts import ArtifactStore, StageKey, Stages
 from ue_sweep.checkpoint import NO_CHECKPOINTS, JobCheckpoints
 from ue_sweep.config import RootConfig
+from ue_sweep.data.imbalance import apply_imbalance
 from ue_sweep.data.placement import Placement, resolve_placement
 from ue_sweep.data.registry import load_dataset
 from ue_sweep.data.splits import ImageSplits
@@ -319,6 +320,7 @@ def run_pipeline(
     tracker.start_stage("uc")
     with timer("data"):
         data = _load_data(cfg, rt)
+        data = apply_imbalance(data, cfg.dataset.imbalance, cfg.dataset.split_seed)
         check_against_data(cfg, data)
         identity = data_identity(
             cfg,

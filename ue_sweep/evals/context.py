@@ -41,6 +41,8 @@ class TrainedVictim:
     state: dict[str, torch.Tensor]
     #: what the recipe depends on (a defense's settings), None for plain training
     recipe_key: dict[str, Any] | None = None
+    #: the DP-SGD architecture (GroupNorm, no in-place ops: models/dp_safe.py)
+    dp_safe: bool = False
 
 
 @dataclass
@@ -66,22 +68,34 @@ class EvalContext:
             self._digests[id(images)] = images, content_digest(self.rt, images)
         return self._digests[id(images)][1]
 
-    def new_victim_model(self) -> FeatureClassifier:
+    def new_victim_model(self, dp_safe: bool = False) -> FeatureClassifier:
         """A freshly initialised ``cfg.victim`` model for this dataset, on the device (the
-        caller seeds the initialisation)."""
+        caller seeds the initialisation); ``dp_safe``: its DP-SGD architecture."""
         data = self.data
         return build_classifier(
             self.cfg.victim,
             in_channels=data.channels,
             num_classes=data.num_classes,
             image_size=data.image_size,
+            dp_safe=dp_safe,
         ).to(self.rt.device)
 
     def victim_model(self, label: str) -> FeatureClassifier:
         """Victim ``label``'s trained model, in eval mode on the device (a new copy each call)."""
-        model = self.new_victim_model()
-        model.load_state_dict(self.victims[label].state)
+        victim = self.victims[label]
+        model = self.new_victim_model(dp_safe=victim.dp_safe)
+        model.load_state_dict(victim.state)
         return model.eval()
+
+    def victim_key(
+        self, images: torch.Tensor, recipe_key: dict[str, Any] | None = None
+    ) -> StageKey:
+        """The artifact key of a victim of ``cfg.victim`` on ``images`` trained by the recipe
+        that ``recipe_key`` names (None: plain training)."""
+        cfg, rt = self.cfg, self.rt
+        return victim_key(
+            cfg, self.data_identity, self._digest(images), rt.world_size, recipe=recipe_key
+        )
 
     def train_victim(
         self,
@@ -98,9 +112,7 @@ class EvalContext:
         ``recipe`` depends on (None for plain training).
         """
         cfg, rt, data = self.cfg, self.rt, self.data
-        key = victim_key(
-            cfg, self.data_identity, self._digest(images), rt.world_size, recipe=recipe_key
-        )
+        key = self.victim_key(images, recipe_key)
         stage = f"victim-{label}"
 
         def train() -> dict[str, Any]:
