@@ -6,8 +6,9 @@ n_max for the first C//2 classes and int(n_max / rho) for the rest (``step``; LD
 the last class of an odd C, here it joins the tail). Class 0 is the head, as there.
 
 Datasets that are not balanced (MedMNIST, a random hold-out split) get the same profile exactly:
-n_max is the largest count for which every class still has the images its profile asks for,
-which on a balanced set is its class size, LDAM's n_max. Which images a class keeps is a seeded
+n_max is the largest integer with n_max * factor_c <= available_c for every class c (before
+rounding down, so largest / smallest stays rho), which on a balanced set is its class size,
+LDAM's n_max. Which images a class keeps is a seeded
 draw without replacement (``dataset.split_seed``); the kept images stay in dataset order. The
 test set is left as released.
 """
@@ -38,7 +39,8 @@ def profile_factors(profile: str, ratio: float, num_classes: int) -> list[float]
 
 
 def imbalanced_counts(available: list[int], profile: str, ratio: float) -> list[int]:
-    """Images kept per class: int(n_max * factor_c), n_max the largest that ``available`` allows."""
+    """Images kept per class: int(n_max * factor_c), n_max the largest integer with
+    n_max * factor_c <= available_c for every class."""
     factors = profile_factors(profile, ratio, len(available))
     if profile == "none":
         return list(available)

@@ -156,6 +156,11 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return n * rank // world_size, n * (rank + 1) // world_size
 
 
+def input_dtype(model: nn.Module) -> torch.dtype:
+    """float32 images, or float64 for a float64 model (exact tests)."""
+    return torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+
+
 def class_counts(labels: torch.Tensor, num_classes: int) -> tuple[int, ...]:
     return tuple(torch.bincount(labels.cpu(), minlength=num_classes).tolist())
 
@@ -178,7 +183,7 @@ def evaluate(
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=rt.device)
     for start in range(lo, hi, batch_size):
         stop = min(start + batch_size, hi)
-        x = images[start:stop].to(rt.device).float().div_(255)
+        x = images[start:stop].to(rt.device, input_dtype(model)).div_(255)
         y = labels[start:stop].to(rt.device)
         with rt.autocast():
             logits, _ = model(x)

@@ -44,7 +44,7 @@ from ue_sweep.preemption import preemptible
 from ue_sweep.progress import Progress
 from ue_sweep.seeding import generator
 from ue_sweep.train.classifier import EVAL_BATCH, EpochRecord, TrainResult
-from ue_sweep.train.evaluate import EvalResult, class_counts, evaluate
+from ue_sweep.train.evaluate import EvalResult, class_counts, evaluate, input_dtype
 from ue_sweep.train.recipes import upcast
 
 #: the clipping bound of ``epsilon = inf``: every per-sample factor min(1, C / norm) is exactly 1
@@ -301,7 +301,7 @@ def _physical_step(
     """One physical batch through the GradSampleModule and the DP optimizer (which steps only
     after a logical batch's last chunk); returns its [loss sum, correct, samples]."""
     idx = torch.as_tensor(chunk, dtype=torch.long)
-    x = images[idx.to(images.device)].to(rt.device).float().div_(255)
+    x = images[idx.to(images.device)].to(rt.device, input_dtype(module)).div_(255)
     x = augmenter(x, idx)
     y = labels[idx.to(labels.device)].to(rt.device)
     with rt.autocast():
