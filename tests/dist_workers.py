@@ -187,3 +187,38 @@ def sal_tables(env: DistEnv, out: str) -> None:
         )
         if rt.is_main:
             torch.save(table, out)
+
+
+def train_private(env: DistEnv, out: str, epsilon: float) -> None:
+    """A DP-SGD victim in float64 on 2 classes: Poisson batches drawn over the whole set and
+    rank 0's noise make 1 and 2 ranks train the same model, to rounding."""
+    from ue_sweep.config import TrainingConfig
+    from ue_sweep.train.private import PrivacySpec, train_private_classifier
+
+    with runtime(env, TrainerConfig(accelerator="cpu", timeout_s=60, threads=1)) as rt:
+        images = separable_images(40, 2)
+        labels = torch.arange(40) % 2
+        torch.manual_seed(0)
+        model = build_classifier(
+            ModelSpec(width=4), in_channels=1, num_classes=2, image_size=8, dp_safe=True
+        ).double()
+        result, privacy = train_private_classifier(
+            model,
+            images,
+            labels,
+            images,
+            labels,
+            2,
+            TrainingConfig(epochs=2, batch_size=10, lr=0.1, weight_decay=0.0, average_last=1),
+            PrivacySpec(epsilon, delta=1e-3, max_grad_norm=0.5, physical_batch=4),
+            AugmentConfig(crop_padding=1, hflip=True),
+            rt,
+            seed=3,
+            progress=Progress("none"),
+            name="dp",
+        )
+        if rt.is_main:
+            torch.save(
+                {"state": model.state_dict(), "privacy": privacy, "result": result.as_dict()},
+                out,
+            )

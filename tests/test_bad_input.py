@@ -75,7 +75,7 @@ CASES = [
         "unknown-evaluation",
         17,
         ["evals=[victims,nope]"],
-        "expected one of: defenses, learnability, membership",
+        "expected one of: defenses, learnability, membership, privacy, unlearning, victims",
         False,
     ),
     (
@@ -100,6 +100,63 @@ CASES = [
         False,
     ),
     ("missing-uc-source", 17, ["uc.source=nowhere/job"], "uc.source not found", False),
+    # issue 13: DP-SGD victims and imbalanced training data
+    (
+        "privacy-epsilon-zero",
+        13,
+        ["evals=[privacy]", "evals.privacy.epsilons=[0,8]"],
+        "evals.privacy.epsilons=0.0 is not accepted; expected a number > 0",
+        False,
+    ),
+    (
+        "privacy-epsilon-negative",
+        13,
+        ["evals=[privacy]", "evals.privacy.epsilons=[8,-1]"],
+        "evals.privacy.epsilons=-1.0 is not accepted; expected a number > 0",
+        False,
+    ),
+    (
+        "privacy-delta-one",
+        13,
+        ["evals=[privacy]", "evals.privacy.delta=1"],
+        "evals.privacy.delta=1.0 is not accepted; expected a number > 0 and < 1",
+        False,
+    ),
+    (
+        "privacy-delta-zero",
+        13,
+        ["evals=[privacy]", "evals.privacy.delta=0"],
+        "evals.privacy.delta=0.0 is not accepted; expected a number > 0 and < 1",
+        False,
+    ),
+    (
+        "privacy-max-grad-norm-zero",
+        13,
+        ["evals=[privacy]", "evals.privacy.max_grad_norm=0"],
+        "evals.privacy.max_grad_norm=0.0 is not accepted; expected a number > 0",
+        False,
+    ),
+    (
+        "privacy-unknown-accountant",
+        13,
+        ["evals=[privacy]", "evals.privacy.accountant=gdp"],
+        "evals.privacy.accountant='gdp' is not accepted; expected one of: prv, rdp",
+        False,
+    ),
+    (
+        "imbalance-ratio-below-one",
+        13,
+        ["dataset.imbalance.profile=exponential", "dataset.imbalance.ratio=0.5"],
+        "dataset.imbalance.ratio=0.5 is not accepted; expected a number >= 1",
+        False,
+    ),
+    (
+        "imbalance-unknown-profile",
+        13,
+        ["dataset.imbalance.profile=linear"],
+        "expected one of: none, exponential, step",
+        False,
+    ),
     # 8: a dataset root that is a regular file
     (
         "dataset-root-is-file",

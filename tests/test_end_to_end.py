@@ -131,6 +131,9 @@ def test_result_file_records_config_versions_batch_timings_and_metrics(demo_job)
             "balanced_accuracy": pytest.approx(
                 sum(h["test_balanced_accuracy"] for h in victim["history"][-3:]) / 3
             ),
+            "worst_class_accuracy": pytest.approx(
+                sum(h["test_worst_class_accuracy"] for h in victim["history"][-3:]) / 3
+            ),
         }
         assert record["metrics"]["accuracy"][condition] == victim["mean_last"]["accuracy"]
         assert record["metrics"]["final_accuracy"][condition] == victim["accuracy"]

@@ -77,6 +77,20 @@ class AugmentConfig:
 
 
 @dataclass
+class ImbalanceConfig:
+    """A seeded long-tailed subset of the training split (data/imbalance.py); test set as released.
+
+    ``exponential``: class c keeps int(n_max * ratio^(-c/(C-1))) images (LDAM-DRW's profile);
+    ``step``: the first C//2 classes keep n_max, the others int(n_max / ratio). n_max is the
+    largest count every class can supply under the profile (the class size on a balanced set).
+    """
+
+    profile: str = setting("none", one_of=("none", "exponential", "step"))
+    # rho: largest / smallest class size.
+    ratio: float = setting(10.0, ge=1.0)
+
+
+@dataclass
 class DatasetConfig:
     name: str = setting("digits", one_of=Registry("datasets"))
     # Directory of the dataset's files and preprocessed cache; unset: <paths.data_dir>/<name>.
@@ -103,6 +117,8 @@ class DatasetConfig:
     test_fraction: float = setting(0.25, gt=0.0, lt=1.0)
     split_seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Long-tailed training subset, drawn with `split_seed` (a property of the dataset).
+    imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
 
 
 @dataclass
@@ -295,6 +311,10 @@ def _check_field(key: str, value: Any, rules: dict[str, Any]) -> None:
             return
         if value not in choices:
             raise ConfigError(key, value, "one of: " + ", ".join(str(c) for c in choices))
+    if isinstance(value, list):  # bounds hold for each element
+        for element in value:
+            _check_field(key, element, rules)
+        return
     bounds = []
     if "gt" in rules:
         bounds.append((value > rules["gt"], f"> {_fmt(rules['gt'])}"))

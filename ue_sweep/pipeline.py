@@ -21,6 +21,7 @@ from ue_sweep.artifacts import ArtifactStore, StageKey, Stages
 from ue_sweep.checkpoint import NO_CHECKPOINTS, JobCheckpoints
 from ue_sweep.config import RootConfig
 from ue_sweep.data.holdout import reserve_holdout
+from ue_sweep.data.imbalance import apply_imbalance
 from ue_sweep.data.placement import Placement, resolve_placement
 from ue_sweep.data.registry import load_dataset
 from ue_sweep.data.splits import ImageSplits
@@ -336,7 +337,9 @@ def run_pipeline(
     tracker = progress.run_logger
     tracker.start_stage("uc")
     with timer("data"):
-        data = _reserve_holdout(cfg, _load_data(cfg, rt))
+        data = _load_data(cfg, rt)
+        data = apply_imbalance(data, cfg.dataset.imbalance, cfg.dataset.split_seed)
+        data = _reserve_holdout(cfg, data)
         check_against_data(cfg, data)
         held = () if data.holdout_images is None else (data.holdout_images, data.holdout_labels)
         identity = data_identity(

@@ -51,6 +51,8 @@ class TrainedVictim:
     #: where the snapshots come from: ``training`` (the run that made this victim, now or in
     #: the job that stored it) or ``retrained`` (the stored victim had none: trained again)
     snapshot_source: str | None = None
+    #: the DP-SGD architecture (GroupNorm, no in-place ops: models/dp_safe.py)
+    dp_safe: bool = False
 
 
 @dataclass
@@ -81,21 +83,23 @@ class EvalContext:
         trained on it."""
         return self._digest(images)
 
-    def new_victim_model(self) -> FeatureClassifier:
+    def new_victim_model(self, dp_safe: bool = False) -> FeatureClassifier:
         """A freshly initialised ``cfg.victim`` model for this dataset, on the device (the
-        caller seeds the initialisation)."""
+        caller seeds the initialisation); ``dp_safe``: its DP-SGD architecture."""
         data = self.data
         return build_classifier(
             self.cfg.victim,
             in_channels=data.channels,
             num_classes=data.num_classes,
             image_size=data.image_size,
+            dp_safe=dp_safe,
         ).to(self.rt.device)
 
     def victim_model(self, label: str) -> FeatureClassifier:
         """Victim ``label``'s trained model, in eval mode on the device (a new copy each call)."""
-        model = self.new_victim_model()
-        model.load_state_dict(self.victims[label].state)
+        victim = self.victims[label]
+        model = self.new_victim_model(dp_safe=victim.dp_safe)
+        model.load_state_dict(victim.state)
         return model.eval()
 
     def victim_key(

@@ -83,6 +83,10 @@ def victim_metrics(
         "accuracy": accuracy,
         "final_accuracy": {c: v["accuracy"] for c, v in victims.items()},
         "balanced_accuracy": {c: v["mean_last"]["balanced_accuracy"] for c, v in victims.items()},
+        # None for a victim reused from a store written before the record existed
+        "worst_class_accuracy": {
+            c: v["mean_last"].get("worst_class_accuracy") for c, v in victims.items()
+        },
         "averaged_epochs": next(iter(victims.values()))["mean_last"]["epochs"],
         "accuracy_drop": accuracy["clean"] - accuracy["protected"],
         "strongest_control": strongest,
@@ -121,13 +125,17 @@ def summary(record: Mapping[str, Any], m: Mapping[str, Any]) -> Sequence[str]:
         f"victim {cfg['victim']['arch']}, {cfg['victim']['epochs']} epochs, accuracy on the "
         f"clean test set ({data['test_size']} images), mean of the last "
         f"{m['averaged_epochs']} epochs:",
-        f"  {'trained on':<26}{'accuracy':>9}{'balanced':>10}{'final':>8}{'noise RMS':>11}",
+        f"  {'trained on':<26}{'accuracy':>9}{'balanced':>10}{'worst':>8}{'final':>8}"
+        f"{'noise RMS':>11}",
     ]
+    worst = m.get("worst_class_accuracy", {})
     for condition, acc in m["accuracy"].items():
         energy = m["energy"].get(condition, {}).get("published_rms")
+        worst_text = "–" if worst.get(condition) is None else pct(worst[condition])
         lines.append(
             f"  {LABELS.get(condition, condition):<26}{pct(acc):>9}"
             f"{pct(m['balanced_accuracy'][condition]):>10}"
+            f"{worst_text:>8}"
             f"{pct(m['final_accuracy'][condition]):>8}"
             + (f"{energy / eps:>8.2f}eps" if energy is not None else "")
         )

@@ -72,12 +72,18 @@ def small_cnn(in_channels: int, width: int) -> tuple[nn.Module, int]:
     return body, 4 * w
 
 
-def resnet(name: str, in_channels: int, stem: str) -> tuple[nn.Module, int]:
-    """torchvision's ResNet ``name`` with its head removed and the stem adapted."""
+def resnet(name: str, in_channels: int, stem: str, dp_safe: bool = False) -> tuple[nn.Module, int]:
+    """torchvision's ResNet ``name`` with its head removed and the stem adapted; ``dp_safe``:
+    built from residual blocks that add out of place (models/dp_safe.py)."""
     # Imported on use: torchvision adds seconds to the start of every rank.
     import torchvision
 
-    net = getattr(torchvision.models, name)(weights=None)
+    if dp_safe:
+        from ue_sweep.models.dp_safe import safe_resnet
+
+        net = safe_resnet(name)
+    else:
+        net = getattr(torchvision.models, name)(weights=None)
     if stem == "cifar":
         net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
@@ -109,9 +115,17 @@ def build_classifier(
     image_size: int,
     normalize: str = "none",
     input_size: int | None = None,
+    dp_safe: bool = False,
 ) -> FeatureClassifier:
+    """``dp_safe``: the architecture DP-SGD trains (GroupNorm, no in-place ops; dp_safe.py)."""
     if spec.arch == "small_cnn":
         body, dim = small_cnn(in_channels, spec.width)
     else:
-        body, dim = resnet(spec.arch, in_channels, resolve_stem(spec, input_size or image_size))
-    return FeatureClassifier(body, dim, num_classes, normalize=normalize, input_size=input_size)
+        stem = resolve_stem(spec, input_size or image_size)
+        body, dim = resnet(spec.arch, in_channels, stem, dp_safe)
+    model = FeatureClassifier(body, dim, num_classes, normalize=normalize, input_size=input_size)
+    if dp_safe:
+        from ue_sweep.models.dp_safe import make_dp_safe
+
+        model = make_dp_safe(model)
+    return model

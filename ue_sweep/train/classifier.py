@@ -18,7 +18,7 @@ from ue_sweep.distributed import Runtime
 from ue_sweep.models.classifiers import FeatureClassifier
 from ue_sweep.preemption import preemptible
 from ue_sweep.progress import Progress
-from ue_sweep.train.evaluate import EvalResult, evaluate
+from ue_sweep.train.evaluate import EvalResult, class_counts, evaluate
 from ue_sweep.train.recipes import VictimRecipe
 
 EVAL_BATCH = 512
@@ -35,6 +35,7 @@ class EpochRecord:
     test_balanced_accuracy: float | None
     lr: float
     seconds: float
+    test_worst_class_accuracy: float | None = None
 
 
 @dataclass
@@ -56,10 +57,13 @@ class TrainResult:
     def mean_last(self) -> dict[str, object]:
         """Test accuracy averaged over the last ``average_last`` epochs (all evaluated)."""
         last = [r for r in self.history if r.test_accuracy is not None][-self.average_last :]
+        worst = [r.test_worst_class_accuracy for r in last]
         return {
             "epochs": len(last),
             "accuracy": statistics.fmean(r.test_accuracy for r in last),
             "balanced_accuracy": statistics.fmean(r.test_balanced_accuracy for r in last),
+            # None where a resumed run's earlier epochs predate the record
+            "worst_class_accuracy": None if None in worst else statistics.fmean(worst),
         }
 
     def as_dict(self) -> dict[str, object]:
@@ -141,6 +145,7 @@ def train_classifier(
     defended = recipe is not None
     recipe = recipe if defended else VictimRecipe()
     train_images = recipe.prepare(train_images, train_labels)
+    train_counts = class_counts(train_labels, num_classes)
     per_device = max(1, cfg.batch_size // rt.world_size)
     stream = batch_source(
         train_images,
@@ -213,7 +218,9 @@ def train_classifier(
                 # DDP broadcast rank 0's BN statistics before the last step, which then moved
                 # each rank's own: evaluate every rank with their average.
                 rt.average_buffers(model)
-                test = evaluate(model, test_images, test_labels, num_classes, EVAL_BATCH, rt)
+                test = evaluate(
+                    model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts
+                )
             record = EpochRecord(
                 epoch=epoch,
                 train_loss=loss_sum / max(seen, 1),
@@ -224,6 +231,9 @@ def train_classifier(
                 ),
                 lr=lr,
                 seconds=time.perf_counter() - epoch_start,
+                test_worst_class_accuracy=(
+                    test.worst_class_accuracy if evaluated and test is not None else None
+                ),
             )
             history.append(record)
             snapshots.take(epoch, model, rt, averaged=evaluated)
@@ -235,7 +245,7 @@ def train_classifier(
                 test_acc="-" if record.test_accuracy is None else record.test_accuracy,
             )
     if test is None:  # resumed after the last epoch had finished
-        test = evaluate(model, test_images, test_labels, num_classes, EVAL_BATCH, rt)
+        test = evaluate(model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts)
     return TrainResult(
         test=test,
         per_device_batch=per_device,
