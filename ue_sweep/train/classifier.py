@@ -37,6 +37,35 @@ class EpochRecord:
     seconds: float
     test_worst_class_accuracy: float | None = None
 
+    @classmethod
+    def close(
+        cls,
+        epoch: int,
+        totals: list[float],
+        test: EvalResult | None,
+        lr: float,
+        started: float,
+    ) -> EpochRecord:
+        """Epoch ``epoch``'s record from its all-reduced ``[loss sum, correct, samples]`` and its
+        test result (None when the epoch was not evaluated)."""
+        loss_sum, correct, seen = totals
+        return cls(
+            epoch=epoch,
+            train_loss=loss_sum / max(seen, 1),
+            train_accuracy=correct / max(seen, 1),
+            test_accuracy=None if test is None else test.accuracy,
+            test_balanced_accuracy=None if test is None else test.balanced_accuracy,
+            lr=lr,
+            seconds=time.perf_counter() - started,
+            test_worst_class_accuracy=None if test is None else test.worst_class_accuracy,
+        )
+
+
+def evaluation_due(cfg: TrainingConfig, epoch: int) -> bool:
+    """Whether ``epoch`` is tested: every ``eval_every`` epochs and each of the last
+    ``average_last`` (whose mean is the victim's accuracy)."""
+    return epoch >= cfg.epochs - cfg.average_last or (epoch + 1) % cfg.eval_every == 0
+
 
 @dataclass
 class TrainResult:
@@ -211,9 +240,9 @@ def train_classifier(
                 )
                 bar.advance()
             recipe.end_epoch(epoch, rt)
-            loss_sum, correct, seen = rt.all_reduce_sum(sums).tolist()
+            totals = rt.all_reduce_sum(sums).tolist()
             sums.zero_()
-            evaluated = epoch >= cfg.epochs - cfg.average_last or (epoch + 1) % cfg.eval_every == 0
+            evaluated = evaluation_due(cfg, epoch)
             if evaluated:
                 # DDP broadcast rank 0's BN statistics before the last step, which then moved
                 # each rank's own: evaluate every rank with their average.
@@ -221,20 +250,7 @@ def train_classifier(
                 test = evaluate(
                     model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts
                 )
-            record = EpochRecord(
-                epoch=epoch,
-                train_loss=loss_sum / max(seen, 1),
-                train_accuracy=correct / max(seen, 1),
-                test_accuracy=test.accuracy if evaluated and test is not None else None,
-                test_balanced_accuracy=(
-                    test.balanced_accuracy if evaluated and test is not None else None
-                ),
-                lr=lr,
-                seconds=time.perf_counter() - epoch_start,
-                test_worst_class_accuracy=(
-                    test.worst_class_accuracy if evaluated and test is not None else None
-                ),
-            )
+            record = EpochRecord.close(epoch, totals, test if evaluated else None, lr, epoch_start)
             history.append(record)
             snapshots.take(epoch, model, rt, averaged=evaluated)
             save(epoch + 1, 0)

@@ -43,7 +43,7 @@ from ue_sweep.models.classifiers import FeatureClassifier
 from ue_sweep.preemption import preemptible
 from ue_sweep.progress import Progress
 from ue_sweep.seeding import generator
-from ue_sweep.train.classifier import EVAL_BATCH, EpochRecord, TrainResult
+from ue_sweep.train.classifier import EVAL_BATCH, EpochRecord, TrainResult, evaluation_due
 from ue_sweep.train.evaluate import EvalResult, class_counts, evaluate, input_dtype
 from ue_sweep.train.recipes import upcast
 
@@ -226,27 +226,14 @@ def train_private_classifier(
                     )
                 schedule.step()
                 bar.advance()
-            loss_sum, correct, seen = rt.all_reduce_sum(sums).tolist()
+            totals = rt.all_reduce_sum(sums).tolist()
             sums.zero_()
-            evaluated = epoch >= cfg.epochs - cfg.average_last or (epoch + 1) % cfg.eval_every == 0
+            evaluated = evaluation_due(cfg, epoch)
             if evaluated:
                 test = evaluate(
                     model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts
                 )
-            record = EpochRecord(
-                epoch=epoch,
-                train_loss=loss_sum / max(seen, 1),
-                train_accuracy=correct / max(seen, 1),
-                test_accuracy=test.accuracy if evaluated and test is not None else None,
-                test_balanced_accuracy=(
-                    test.balanced_accuracy if evaluated and test is not None else None
-                ),
-                lr=lr,
-                seconds=time.perf_counter() - epoch_start,
-                test_worst_class_accuracy=(
-                    test.worst_class_accuracy if evaluated and test is not None else None
-                ),
-            )
+            record = EpochRecord.close(epoch, totals, test if evaluated else None, lr, epoch_start)
             history.append(record)
             save(epoch + 1, 0)
             bar.epoch_done(
