@@ -23,10 +23,10 @@ import torch.distributed as dist
 from benchmarks import workload
 from benchmarks.rows import Row
 from benchmarks.timing import Timing
-from ue_sweep import preemption
 from ue_sweep.config import BatchSizeConfig, TrainerConfig
-from ue_sweep.distributed import DistEnv, Runtime, runtime, spawn
-from ue_sweep.progress import Progress
+from ue_sweep.runtime import preemption
+from ue_sweep.runtime.distributed import DistEnv, Runtime, runtime, spawn
+from ue_sweep.runtime.progress import Progress
 from ue_sweep.uc.train_generators import train_generators
 
 K = 10

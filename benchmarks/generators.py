@@ -15,8 +15,8 @@ from benchmarks.reference import split_bank, train_fused, train_sequential
 from benchmarks.rows import Row
 from benchmarks.timing import best, interleaved, loglog_slope
 from ue_sweep.config import BatchSizeConfig
-from ue_sweep.distributed import Runtime
-from ue_sweep.progress import Progress
+from ue_sweep.runtime.distributed import Runtime
+from ue_sweep.runtime.progress import Progress
 from ue_sweep.uc.train_generators import train_generators
 
 SEED = 0

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 
 from ue_sweep.config import AugmentConfig, GeneratorConfig
 from ue_sweep.data.batches import TensorStream
-from ue_sweep.distributed import DistEnv
 from ue_sweep.models.classifiers import FeatureClassifier
 from ue_sweep.models.generators import GeneratorBank
+from ue_sweep.runtime.distributed import DistEnv
 from ue_sweep.uc.clustering import Clusters
 
 

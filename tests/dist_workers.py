@@ -20,10 +20,10 @@ from ue_sweep.config import (
     ModelSpec,
     TrainerConfig,
 )
-from ue_sweep.distributed import DistEnv, env_from_launcher, runtime
 from ue_sweep.models.classifiers import FeatureClassifier, build_classifier
 from ue_sweep.models.generators import GeneratorBank
-from ue_sweep.progress import Progress
+from ue_sweep.runtime.distributed import DistEnv, env_from_launcher, runtime
+from ue_sweep.runtime.progress import Progress
 from ue_sweep.train.evaluate import evaluate
 from ue_sweep.uc.clustering import cluster_features
 from ue_sweep.uc.features import extract_features
@@ -137,7 +137,7 @@ if __name__ == "__main__":
 def epic_selection(env: DistEnv, out: str) -> None:
     """Two EPIC selections by a random CNN on 3 imbalanced classes, its proxies in chunks spread
     over the ranks: the medoid weights (cluster sizes) must not depend on the world size."""
-    from ue_sweep.defenses.epic import Epic, EpicConfig
+    from ue_sweep.evals.defenses.epic import Epic, EpicConfig
 
     with runtime(env, TrainerConfig(accelerator="cpu", timeout_s=60, threads=1)) as rt:
         g = torch.Generator().manual_seed(4)
@@ -161,8 +161,8 @@ def epic_selection(env: DistEnv, out: str) -> None:
 def sal_tables(env: DistEnv, out: str) -> None:
     """SAL of every layer of a tiny float64 CNN after two "epochs" (its initial weights and a
     perturbed copy), the pairs dealt over the ranks; one thread per rank, as on one rank."""
-    from ue_sweep.learnability.search import SearchSettings
-    from ue_sweep.learnability.table import layer_names, sal_table
+    from ue_sweep.evals.learnability.search import SearchSettings
+    from ue_sweep.evals.learnability.table import layer_names, sal_table
 
     with runtime(env, TrainerConfig(accelerator="cpu", timeout_s=60, threads=1)) as rt:
         torch.manual_seed(0)
@@ -193,7 +193,7 @@ def train_private(env: DistEnv, out: str, epsilon: float) -> None:
     """A DP-SGD victim in float64 on 2 classes: Poisson batches drawn over the whole set and
     rank 0's noise make 1 and 2 ranks train the same model, to rounding."""
     from ue_sweep.config import TrainingConfig
-    from ue_sweep.train.private import PrivacySpec, train_private_classifier
+    from ue_sweep.evals.privacy.training import PrivacySpec, train_private_classifier
 
     with runtime(env, TrainerConfig(accelerator="cpu", timeout_s=60, threads=1)) as rt:
         images = separable_images(40, 2)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from ue_sweep.config import ModelSpec, TrainerConfig
-from ue_sweep.distributed import DistEnv, runtime
-from ue_sweep.membership.scores import SCORES, query_views, view_logits
+from ue_sweep.evals.membership.scores import SCORES, query_views, view_logits
 from ue_sweep.models.classifiers import build_classifier
+from ue_sweep.runtime.distributed import DistEnv, runtime
 
 CPU = TrainerConfig(accelerator="cpu", timeout_s=60)
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
-from ue_sweep.artifacts import ArtifactStore
 from ue_sweep.config import AugmentConfig, DatasetConfig, RootConfig, TrainerConfig, VictimConfig
-from ue_sweep.distributed import DistEnv, Runtime, runtime
+from ue_sweep.evals.unlearning.ensemble import SisaTrainer
+from ue_sweep.evals.unlearning.partition import partition, slice_epochs
 from ue_sweep.models.classifiers import build_classifier
-from ue_sweep.progress import Progress
-from ue_sweep.sisa.ensemble import SisaTrainer
-from ue_sweep.sisa.partition import partition, slice_epochs
+from ue_sweep.runtime.distributed import DistEnv, Runtime, runtime
+from ue_sweep.runtime.progress import Progress
+from ue_sweep.store.artifacts import ArtifactStore
 
 CPU = TrainerConfig(accelerator="cpu", timeout_s=60, threads=1)
 N, CLASSES, SHARDS, SLICES, BATCH = 60, 3, 3, 3, 8

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from ue_sweep.artifacts import ArtifactStore, StageKey, Stages
 from ue_sweep.config import TrainerConfig
-from ue_sweep.distributed import DistEnv, runtime
+from ue_sweep.runtime.distributed import DistEnv, runtime
+from ue_sweep.store.artifacts import ArtifactStore, StageKey, Stages
 
 KEY = StageKey("victim", {"data": "abc", "victim": {"epochs": 2}, "world_size": 1})
 
@@ -44,7 +44,7 @@ def test_a_corrupt_entry_is_set_aside_with_a_warning_and_recomputed(tmp_path, rt
     path = store.path(KEY)
     path.write_bytes(path.read_bytes()[:-40])  # truncated by a full disk, say
     stages = Stages(rt, store)
-    with caplog.at_level(logging.WARNING, logger="ue_sweep.artifacts"):
+    with caplog.at_level(logging.WARNING, logger="ue_sweep.store.artifacts"):
         outcome = stages.run("victim-clean", KEY, lambda: {"x": torch.zeros(3)})
     assert "damaged" in caplog.text and KEY.name in caplog.text
     assert torch.equal(outcome["x"], torch.zeros(3))

@@ -15,7 +15,7 @@ import torch
 from benchmarks import workload
 from benchmarks.reference import split_bank, train_fused, train_sequential
 from ue_sweep.config import AugmentConfig, BatchSizeConfig
-from ue_sweep.progress import Progress
+from ue_sweep.runtime.progress import Progress
 from ue_sweep.uc.train_generators import train_generators
 
 AUGMENT = AugmentConfig(crop_padding=1, hflip=True)

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
-from ue_sweep.cli import numeric_groups, quote_numeric_choices
+from ue_sweep.cli.main import numeric_groups, quote_numeric_choices
+from ue_sweep.cli.validation import to_root_config, validate
 from ue_sweep.config import BatchSizeConfig, RootConfig
 from ue_sweep.data.registry import load_dataset
 from ue_sweep.errors import ConfigError, MissingFileError
-from ue_sweep.pipeline import check_against_data
-from ue_sweep.sweep import plain_override
-from ue_sweep.validation import to_root_config, validate
+from ue_sweep.job.pipeline import check_against_data
+from ue_sweep.store.sweep import plain_override
 
 
 def test_default_config_is_the_digits_demo(compose_cfg):
@@ -231,7 +231,13 @@ def test_numeric_groups_are_discovered_from_the_config_tree():
 def test_the_hpc_grid_shares_clusters_and_clean_victims_across_batch_sizes(compose_cfg):
     """The stage keys of the 36 jobs (world size 48, one data digest per dataset): a batch-size
     grid needs one k-means and one clean victim per dataset, and one generator bank per job."""
-    from ue_sweep.keys import clusters_key, data_identity, generators_key, surrogate_key, victim_key
+    from ue_sweep.store.keys import (
+        clusters_key,
+        data_identity,
+        generators_key,
+        surrogate_key,
+        victim_key,
+    )
 
     keys: dict[str, set[str]] = {"clusters": set(), "generators": set(), "clean": set()}
     for job in _preset_jobs("hpc_grid"):

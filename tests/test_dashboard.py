@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import SMOKE
 from tests.test_loggers import _wandb_env
 from tests.wandb_records import offline_runs
-from ue_sweep.dashboard import (
+from ue_sweep.report.dashboard import (
     TABLES,
     WORKSPACE_FILE,
     Target,
@@ -22,7 +22,7 @@ from ue_sweep.dashboard import (
     definition,
     write_dashboard,
 )
-from ue_sweep.dashboard import target as dashboard_target
+from ue_sweep.report.dashboard import target as dashboard_target
 
 
 def _job(wandb=None, logger=None) -> SimpleNamespace:

@@ -21,16 +21,16 @@ from torchvision.datasets import CIFAR10, Flowers102, OxfordIIITPet
 
 from tests import data_fixtures as fx
 from tests.conftest import SMOKE, run_cli
+from ue_sweep.cli import data as data_cli
+from ue_sweep.cli.validation import to_root_config
 from ue_sweep.config import ModelSpec, RootConfig
-from ue_sweep.data import cli as data_cli
 from ue_sweep.data.cache import CACHE_DIR
 from ue_sweep.data.flowers import FlowerColorImages
 from ue_sweep.data.registry import check_dataset, load_dataset
 from ue_sweep.errors import ConfigError, MissingFileError
+from ue_sweep.job.pipeline import run_pipeline
 from ue_sweep.models.classifiers import build_classifier
-from ue_sweep.pipeline import run_pipeline
-from ue_sweep.progress import Progress
-from ue_sweep.validation import to_root_config
+from ue_sweep.runtime.progress import Progress
 
 MEDMNIST = {  # config option -> (flag, gray, classes)
     "pathmnist": ("pathmnist", False, 9),
@@ -521,7 +521,7 @@ def test_val_split_is_offered_where_it_is_official(setup):
 
 def test_fetch_command_is_installed():
     scripts = {e.name: e.value for e in metadata.entry_points(group="console_scripts")}
-    assert scripts["ue-sweep-data"] == "ue_sweep.data.cli:main"
+    assert scripts["ue-sweep-data"] == "ue_sweep.cli.data:main"
 
 
 def test_fetch_with_files_present_checks_them_and_builds_the_cache(data_dir, capsys):

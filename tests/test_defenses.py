@@ -13,25 +13,25 @@ from torch import nn
 
 from tests import dist_workers
 from tests.test_distributed import _run
-from ue_sweep import preemption
-from ue_sweep.checkpoint import NO_CHECKPOINT, StageCheckpoint
 from ue_sweep.config import AugmentConfig, ModelSpec, TrainerConfig, TrainingConfig
 from ue_sweep.data.batches import Batch
-from ue_sweep.defenses import DEFENSES, build_defense
-from ue_sweep.defenses.adversarial import AdversarialConfig, pgd
-from ue_sweep.defenses.coreset import (
+from ue_sweep.evals.defenses.adversarial import AdversarialConfig, pgd
+from ue_sweep.evals.defenses.coreset import (
     assign,
     class_budgets,
     greedy_facility_location,
     similarity,
 )
-from ue_sweep.defenses.epic import Epic, EpicConfig
-from ue_sweep.defenses.iss import grayscale, jpeg, posterize
-from ue_sweep.defenses.ueraser import UEraser, UEraserConfig
-from ue_sweep.distributed import DistEnv, runtime
+from ue_sweep.evals.defenses.epic import Epic, EpicConfig
+from ue_sweep.evals.defenses.iss import grayscale, jpeg, posterize
+from ue_sweep.evals.defenses.registry import DEFENSES, build_defense
+from ue_sweep.evals.defenses.ueraser import UEraser, UEraserConfig
 from ue_sweep.models.classifiers import build_classifier
-from ue_sweep.preemption import Preempted
-from ue_sweep.progress import Progress
+from ue_sweep.runtime import preemption
+from ue_sweep.runtime.distributed import DistEnv, runtime
+from ue_sweep.runtime.preemption import Preempted
+from ue_sweep.runtime.progress import Progress
+from ue_sweep.store.checkpoint import NO_CHECKPOINT, StageCheckpoint
 from ue_sweep.train.classifier import train_classifier
 from ue_sweep.train.recipes import VictimRecipe
 

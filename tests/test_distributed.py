@@ -14,7 +14,7 @@ import torch
 from tests import dist_workers
 from tests.conftest import REPO, ue_sweep_env
 from ue_sweep.config import TrainerConfig
-from ue_sweep.distributed import (
+from ue_sweep.runtime.distributed import (
     DistEnv,
     DistributedSetupError,
     cpu_threads,

@@ -12,17 +12,23 @@ from tests import dist_workers
 from tests.conftest import SMOKE, run_cli
 from tests.test_distributed import _run
 from tests.test_resume import _StopAt
-from ue_sweep import preemption
-from ue_sweep.checkpoint import NO_CHECKPOINT, StageCheckpoint
+from ue_sweep.cli.validation import to_root_config
 from ue_sweep.config import AugmentConfig, ModelSpec, TrainingConfig
 from ue_sweep.errors import ConfigError
-from ue_sweep.learnability import metrics
-from ue_sweep.learnability.search import SearchSettings, project, ratio, search, signed_sharpness
+from ue_sweep.evals.learnability import metrics
+from ue_sweep.evals.learnability.search import (
+    SearchSettings,
+    project,
+    ratio,
+    search,
+    signed_sharpness,
+)
 from ue_sweep.models.classifiers import build_classifier
-from ue_sweep.preemption import Preempted
-from ue_sweep.progress import Progress
+from ue_sweep.runtime import preemption
+from ue_sweep.runtime.preemption import Preempted
+from ue_sweep.runtime.progress import Progress
+from ue_sweep.store.checkpoint import NO_CHECKPOINT, StageCheckpoint
 from ue_sweep.train.classifier import train_classifier
-from ue_sweep.validation import to_root_config
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -259,7 +265,7 @@ def test_learnability_reports_ud_for_protected_and_controls_and_reuses_victims(t
 
 
 def test_heat_map_is_an_rgb_picture():
-    from ue_sweep.learnability.heatmap import render
+    from ue_sweep.evals.learnability.heatmap import render
 
     picture = render([[0.1, 2.0], [0.5, 0.0]], ["body.0", "head"], [1, 3], 0.4, 3.0, "t")
     assert picture.dtype.name == "uint8" and picture.ndim == 3 and picture.shape[2] == 3
@@ -267,7 +273,7 @@ def test_heat_map_is_an_rgb_picture():
 
 
 def test_learnability_epochs_count_back_from_the_last(compose_cfg):
-    from ue_sweep.evals.learnability import snapshot_epochs
+    from ue_sweep.evals.learnability.evaluation import snapshot_epochs
 
     cfg = to_root_config(compose_cfg("evals=[learnability]", "victim.epochs=8"), False)
     lc = cfg.evals["learnability"]

@@ -20,9 +20,10 @@ from PIL import Image
 
 from tests.conftest import SMOKE, ue_sweep_env
 from tests.wandb_records import offline_runs
+from ue_sweep.cli.validation import to_root_config
 from ue_sweep.config import LoggerConfig
 from ue_sweep.errors import ConfigError
-from ue_sweep.loggers import (
+from ue_sweep.runtime.loggers import (
     JobIdentity,
     WandbLogger,
     default_group,
@@ -31,7 +32,6 @@ from ue_sweep.loggers import (
     run_name,
     sweep_key,
 )
-from ue_sweep.validation import to_root_config
 
 
 def _wandb_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import submitit
-from hydra_plugins.ue_sweep_launchers.config import LSFConf, SummitConf
 
+from hydra_plugins.ue_sweep_launchers.config import LSFConf, SummitConf
 from submitit_lsf.environment import compute_hosts, lsf_job_ref
 from submitit_lsf.executor import LSFJob
 from submitit_lsf.script import make_bsub_script
@@ -26,7 +26,12 @@ from tests import lsf_emulator
 from tests.conftest import SMOKE, read_results, run_cli, ue_sweep_env
 from tests.sweep_ops_flow import detached_flow
 from ue_sweep.config import TrainerConfig
-from ue_sweep.distributed import DistEnv, DistributedSetupError, cpu_threads, env_from_launcher
+from ue_sweep.runtime.distributed import (
+    DistEnv,
+    DistributedSetupError,
+    cpu_threads,
+    env_from_launcher,
+)
 
 # Launcher-config keys under their make_bsub_script names (submitit's equivalence dict).
 RENAMED = {"timeout_min": "walltime_min", "name": "job_name"}

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ue_sweep.cli.validation import to_root_config
 from ue_sweep.data.holdout import reserve_holdout
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.errors import ConfigError
-from ue_sweep.membership.pairs import balanced_split
-from ue_sweep.membership.queries import clean_queries, published_queries
-from ue_sweep.membership.shadows import shadow_plan
+from ue_sweep.evals.membership.pairs import balanced_split
+from ue_sweep.evals.membership.queries import clean_queries, published_queries
+from ue_sweep.evals.membership.shadows import shadow_plan
 from ue_sweep.uc.clustering import nearest_centers
 from ue_sweep.uc.noise import apply_cluster_noise
-from ue_sweep.validation import to_root_config
 
 
 def _traced(counts: list[int]) -> ImageSplits:

@@ -18,8 +18,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from ue_sweep.config import ModelSpec
-from ue_sweep.membership.metrics import auc, roc, tpr_at_fpr
-from ue_sweep.membership.scores import loss_score, max_posterior
+from ue_sweep.evals.membership.metrics import auc, roc, tpr_at_fpr
+from ue_sweep.evals.membership.scores import loss_score, max_posterior
 from ue_sweep.models.classifiers import build_classifier
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import SMOKE, run_cli
-from ue_sweep.report import write_report
+from ue_sweep.cli.report import write_report
 
 pytestmark = pytest.mark.slow
 

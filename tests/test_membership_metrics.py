@@ -11,9 +11,8 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from tests import membership_workers
-from ue_sweep.distributed import DistEnv, spawn
-from ue_sweep.membership.lira import lira_offline, lira_online, shadow_membership
-from ue_sweep.membership.metrics import (
+from ue_sweep.evals.membership.lira import lira_offline, lira_online, shadow_membership
+from ue_sweep.evals.membership.metrics import (
     advantage,
     attack_metrics,
     auc,
@@ -22,13 +21,14 @@ from ue_sweep.membership.metrics import (
     roc_points,
     tpr_at_fpr,
 )
-from ue_sweep.membership.scores import (
+from ue_sweep.evals.membership.scores import (
     View,
     confidence_score,
     logit_confidence,
     loss_score,
     query_views,
 )
+from ue_sweep.runtime.distributed import DistEnv, spawn
 
 # Members 0.9 0.8 0.4 0.4, non-members 0.7 0.4 0.2 0.1: a tie at 0.4 across the classes.
 SCORES = [0.9, 0.8, 0.4, 0.4, 0.7, 0.4, 0.2, 0.1]

@@ -20,17 +20,17 @@ from ue_sweep.config import AugmentConfig, ImbalanceConfig, ModelSpec, TrainingC
 from ue_sweep.data.batches import Augmenter
 from ue_sweep.data.imbalance import apply_imbalance, imbalanced_counts
 from ue_sweep.data.splits import ImageSplits
-from ue_sweep.distributed import DistEnv, spawn
 from ue_sweep.errors import ConfigError
-from ue_sweep.models.classifiers import build_classifier
-from ue_sweep.progress import Progress
-from ue_sweep.train.evaluate import EvalResult
-from ue_sweep.train.private import (
+from ue_sweep.evals.privacy.training import (
     PoissonBatches,
     PrivacySpec,
     sampling,
     train_private_classifier,
 )
+from ue_sweep.models.classifiers import build_classifier
+from ue_sweep.runtime.distributed import DistEnv, spawn
+from ue_sweep.runtime.progress import Progress
+from ue_sweep.train.evaluate import EvalResult
 
 # ------------------------------------------------------------------------------------------
 # Imbalance
@@ -208,7 +208,7 @@ def test_poisson_batches_are_the_same_whole_batches_for_any_world_size():
 def _train(epsilon: float, accountant: str = "prv", physical_batch: int = 256, dtype=torch.float32):
     """A tiny DP victim on one rank: (model, TrainResult, privacy record)."""
     from ue_sweep.config import TrainerConfig
-    from ue_sweep.distributed import runtime
+    from ue_sweep.runtime.distributed import runtime
 
     images, labels = separable_images(36, 3), torch.arange(36) % 3
     with runtime(DistEnv(), TrainerConfig(accelerator="cpu", threads=1)) as rt:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from ue_sweep.loggers import RunLogger
-from ue_sweep.progress import Progress
+from ue_sweep.runtime.loggers import RunLogger
+from ue_sweep.runtime.progress import Progress
 
 
 class RecordingLogger(RunLogger):

@@ -14,8 +14,8 @@ from PIL import Image
 
 from tests.conftest import run_cli
 from tests.wandb_records import offline_runs
-from ue_sweep.report import Job, build_rows, collect, markdown_table, write_report
-from ue_sweep.report import main as report_main
+from ue_sweep.cli.report import Job, build_rows, collect, markdown_table, write_report
+from ue_sweep.cli.report import main as report_main
 
 MULTIRUN_YAML = """\
 hydra:

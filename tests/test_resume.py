@@ -14,14 +14,6 @@ import pytest
 import torch
 
 from tests.conftest import SMOKE, run_cli, ue_sweep_env
-from ue_sweep import preemption
-from ue_sweep.checkpoint import (
-    NO_CHECKPOINT,
-    JobCheckpoints,
-    StageCheckpoint,
-    earlier_attempt,
-    fingerprint,
-)
 from ue_sweep.config import (
     AugmentConfig,
     BatchSizeConfig,
@@ -31,10 +23,18 @@ from ue_sweep.config import (
 )
 from ue_sweep.models.classifiers import build_classifier
 from ue_sweep.models.generators import GeneratorBank
-from ue_sweep.preemption import Preempted
-from ue_sweep.progress import Progress
-from ue_sweep.sweep import PlannedJob
-from ue_sweep.tracking import ResultRecorder
+from ue_sweep.runtime import preemption
+from ue_sweep.runtime.preemption import Preempted
+from ue_sweep.runtime.progress import Progress
+from ue_sweep.runtime.tracking import ResultRecorder
+from ue_sweep.store.checkpoint import (
+    NO_CHECKPOINT,
+    JobCheckpoints,
+    StageCheckpoint,
+    earlier_attempt,
+    fingerprint,
+)
+from ue_sweep.store.sweep import PlannedJob
 from ue_sweep.train.classifier import train_classifier
 from ue_sweep.uc.clustering import Clusters
 from ue_sweep.uc.train_generators import train_generators
@@ -117,7 +117,7 @@ def test_a_damaged_checkpoint_is_moved_aside_and_its_stage_restarted(rt, tmp_pat
     path.parent.mkdir()
     damage(path)
     checkpoint = StageCheckpoint(path, "aaaa", writer=True)
-    with caplog.at_level("WARNING", logger="ue_sweep.checkpoint"):
+    with caplog.at_level("WARNING", logger="ue_sweep.store.checkpoint"):
         restarted, result = _train_victim(rt, checkpoint)
     assert not (tmp_path / "checkpoints" / "payload-ran").exists(), "a pickle is never executed"
     (aside,) = path.parent.glob("victim.pt.corrupt-*")

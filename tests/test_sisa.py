@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from tests import sisa_workers as toy
-from ue_sweep.distributed import DistEnv, spawn
-from ue_sweep.sisa.aggregate import majority_vote, mean_posterior, votes
-from ue_sweep.sisa.partition import (
+from ue_sweep.evals.unlearning.aggregate import majority_vote, mean_posterior, votes
+from ue_sweep.evals.unlearning.partition import (
     full_retrain_steps,
     partition,
     read_request_file,
@@ -16,6 +15,7 @@ from ue_sweep.sisa.partition import (
     slice_epochs,
     steps_per_epoch,
 )
+from ue_sweep.runtime.distributed import DistEnv, spawn
 
 
 def test_shards_are_disjoint_and_cover_the_pool_and_slices_cut_each_shard_in_order():

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ue_sweep.distributed import env_from_launcher
-from ue_sweep.sweep import JobOutcome, PlannedJob, format_summary, sweep_name
+from ue_sweep.runtime.distributed import env_from_launcher
+from ue_sweep.store.sweep import JobOutcome, PlannedJob, format_summary, sweep_name
 
 
 def test_sweep_name_depends_on_the_grid_not_on_order_or_launcher():
@@ -160,7 +160,7 @@ def _grid(experiment: str) -> list[tuple[str, int, int]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    import ue_sweep.cli  # noqa: F401 (registers the launchers and their configs)
+    import ue_sweep.cli.main  # noqa: F401 (registers the launchers and their configs)
 
     overrides = [f"experiment={experiment}", "hydra.launcher.project=ABC123"]
     with initialize_config_module("ue_sweep.conf", version_base="1.3"):

@@ -18,8 +18,8 @@ from ue_sweep.ops.schedulers import normalize, parse_pipe_table
 from ue_sweep.ops.status import format_status, job_state, stage_text, sweep_status
 from ue_sweep.ops.status import main as status_main
 from ue_sweep.ops.table import JOB_TABLE, JobTable
-from ue_sweep.progress import Progress
-from ue_sweep.sweep import PlannedJob
+from ue_sweep.runtime.progress import Progress
+from ue_sweep.store.sweep import PlannedJob
 
 
 def test_scheduler_answers_are_read_per_array_element():
@@ -272,8 +272,8 @@ def test_a_detached_local_sweep_is_followed_rerun_cancelled_and_reported(tmp_pat
 
 
 def test_a_data_or_weights_file_that_cannot_be_read_is_refused(tmp_path, monkeypatch, compose_cfg):
+    from ue_sweep.cli.validation import check_files, to_root_config
     from ue_sweep.errors import MissingFileError
-    from ue_sweep.validation import check_files, to_root_config
 
     (tmp_path / "medmnist").mkdir()
     (tmp_path / "medmnist" / "pathmnist.npz").write_bytes(b"")

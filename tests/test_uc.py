@@ -17,7 +17,7 @@ from ue_sweep.config import (
 from ue_sweep.data.batches import Augmenter
 from ue_sweep.models.classifiers import build_classifier
 from ue_sweep.models.generators import GeneratorBank
-from ue_sweep.progress import Progress
+from ue_sweep.runtime.progress import Progress
 from ue_sweep.uc.clustering import Clusters, assign_targets, cluster_features
 from ue_sweep.uc.controls import control_noises, energy_matched, rms, uniform_noise
 from ue_sweep.uc.monitor import NoiseMonitor

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SMOKE, run_cli
+from ue_sweep.cli.validation import to_root_config
 from ue_sweep.data.holdout import reserve_holdout
 from ue_sweep.data.registry import load_dataset
 from ue_sweep.errors import ConfigError
-from ue_sweep.evals import holdout_fraction
-from ue_sweep.pipeline import check_against_data
-from ue_sweep.validation import to_root_config
+from ue_sweep.evals.registry import holdout_fraction
+from ue_sweep.job.pipeline import check_against_data
 
 U = "evals.unlearning"
 

@@ -6,7 +6,7 @@ from dataclasses import MISSING, dataclass, fields, is_dataclass
 
 import pytest
 
-from ue_sweep import validation
+from ue_sweep.cli import validation
 from ue_sweep.config import Registry, RootConfig, setting
 from ue_sweep.errors import ConfigError
 

@@ -3,12 +3,12 @@
 Hydra composes the YAML files in ``conf/`` on top of :class:`RootConfig` (registered in the
 ConfigStore as ``ue_sweep_schema``), so types are checked while composing. Ranges, choices and
 cross-field rules are declared next to each field with :func:`setting` and checked by
-:func:`ue_sweep.validation.validate` before any compute, each failure as one line naming the key,
-the value and what is accepted.
+:func:`ue_sweep.cli.validation.validate` before any compute, each failure as one line naming
+the key, the value and what is accepted.
 
 This module is the bottom of the layout: it imports nothing of ue_sweep but its errors. Choices
 that a registry owns (dataset names, architectures, logger backends) are named here by
-:class:`Registry` and resolved by :mod:`ue_sweep.validation`, which asks the registry; the
+:class:`Registry` and resolved by :mod:`ue_sweep.cli.validation`, which asks the registry; the
 registries import this schema for their types.
 """
 
@@ -32,7 +32,7 @@ MAX_BATCH = 2**31 - 1
 
 @dataclass(frozen=True)
 class Registry:
-    """Choices owned by the registry ``name`` (a key of ``ue_sweep.validation.REGISTRIES``).
+    """Choices owned by the registry ``name`` (a key of ``ue_sweep.cli.validation.REGISTRIES``).
 
     The schema names them instead of importing the registry, which imports the schema.
     """
@@ -290,7 +290,7 @@ def register_schema() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Rule checks (the registries' names and checks are asked by ue_sweep.validation)
+# Rule checks (the registries' names and checks are asked by ue_sweep.cli.validation)
 # --------------------------------------------------------------------------------------------
 
 

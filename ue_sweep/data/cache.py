@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ue_sweep.data.splits import Split
-from ue_sweep.tracking import atomic_torch_save
+from ue_sweep.runtime.tracking import atomic_torch_save
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 import torch
 
 from ue_sweep.data.splits import ImageSplits
-from ue_sweep.seeding import generator
+from ue_sweep.runtime.seeding import generator
 
 
 def holdout_indices(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from ue_sweep.config import ImbalanceConfig
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.errors import ConfigError
-from ue_sweep.seeding import generator
+from ue_sweep.runtime.seeding import generator
 
 
 def profile_factors(profile: str, ratio: float, num_classes: int) -> list[float]:

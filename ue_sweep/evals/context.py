@@ -8,17 +8,17 @@ from typing import Any
 
 import torch
 
-from ue_sweep.artifacts import StageKey, Stages
-from ue_sweep.checkpoint import JobCheckpoints
 from ue_sweep.config import RootConfig
 from ue_sweep.data.placement import Placement
 from ue_sweep.data.splits import ImageSplits
-from ue_sweep.distributed import Runtime
-from ue_sweep.evals import evaluations
-from ue_sweep.keys import content_digest, snapshots_key, victim_key
+from ue_sweep.evals.registry import evaluations
 from ue_sweep.models.classifiers import FeatureClassifier, build_classifier
-from ue_sweep.progress import Progress
-from ue_sweep.seeding import derive_seed
+from ue_sweep.runtime.distributed import Runtime
+from ue_sweep.runtime.progress import Progress
+from ue_sweep.runtime.seeding import derive_seed
+from ue_sweep.store.artifacts import StageKey, Stages
+from ue_sweep.store.checkpoint import JobCheckpoints
+from ue_sweep.store.keys import content_digest, snapshots_key, victim_key
 from ue_sweep.train.classifier import train_classifier
 from ue_sweep.train.recipes import VictimRecipe
 from ue_sweep.uc.protection import Protection

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from ue_sweep.config import setting
-from ue_sweep.evals import Evaluation
 from ue_sweep.evals.context import EvalContext
-from ue_sweep.tracking import atomic_torch_save
+from ue_sweep.evals.registry import Evaluation
+from ue_sweep.runtime.tracking import atomic_torch_save
 from ue_sweep.uc.controls import CONTROLS, control_noises, rms
 from ue_sweep.uc.noise import apply_cluster_noise
 

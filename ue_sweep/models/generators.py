@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from ue_sweep.seeding import generator
+from ue_sweep.runtime.seeding import generator
 
 OUTPUTS = ("reference", "tanh", "ste")
 

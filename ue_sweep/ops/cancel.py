@@ -18,7 +18,7 @@ from typing import Any
 from ue_sweep.ops.schedulers import ACTIVE, SchedulerError
 from ue_sweep.ops.status import read_json
 from ue_sweep.ops.table import JOB_TABLE, JobTable, TableJob
-from ue_sweep.tracking import RESULT_FILE, atomic_write_json, now
+from ue_sweep.runtime.tracking import RESULT_FILE, atomic_write_json, now
 
 POLL_S = 1.0
 

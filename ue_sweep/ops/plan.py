@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ue_sweep.ops.table import JOB_TABLE
-from ue_sweep.sweep import PlannedJob
+from ue_sweep.store.sweep import PlannedJob
 
 # Launcher settings that say what a job asks the scheduler for, in the order they are shown.
 RESOURCE_KEYS = (

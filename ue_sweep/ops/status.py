@@ -22,8 +22,8 @@ from typing import Any
 
 from ue_sweep.ops.schedulers import PENDING, SchedulerError
 from ue_sweep.ops.table import JobTable, TableJob
-from ue_sweep.progress import PROGRESS_FILE
-from ue_sweep.tracking import RESULT_FILE, process_gone
+from ue_sweep.runtime.progress import PROGRESS_FILE
+from ue_sweep.runtime.tracking import RESULT_FILE, process_gone
 
 # The summary always counts these, in this order; other states follow when present.
 MAIN_STATES = ("completed", "running", "pending", "failed", "cancelled")
@@ -156,7 +156,7 @@ def _table_row(table: JobTable, job: TableJob, states: dict[str, str]) -> JobRow
 
 def _rows_without_table(sweep_dir: Path) -> list[JobRow]:
     """Jobs of the ``multirun.yaml`` grid matched to result files, then unmatched result files."""
-    from ue_sweep.report import expected_grid
+    from ue_sweep.cli.report import expected_grid
 
     results = {}
     for path in sorted(sweep_dir.rglob(RESULT_FILE)):

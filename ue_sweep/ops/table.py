@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ue_sweep.ops.schedulers import ACTIVE, Scheduler, scheduler_for
-from ue_sweep.tracking import atomic_write_json, now
+from ue_sweep.runtime.tracking import atomic_write_json, now
 
 JOB_TABLE = "jobs.json"
 FORMAT = 1

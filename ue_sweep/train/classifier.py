@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
-from ue_sweep.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
 from ue_sweep.config import AugmentConfig, TrainingConfig
 from ue_sweep.data.batches import batch_source
 from ue_sweep.data.placement import ON_DEVICE, Placement
-from ue_sweep.distributed import Runtime
 from ue_sweep.models.classifiers import FeatureClassifier
-from ue_sweep.preemption import preemptible
-from ue_sweep.progress import Progress
+from ue_sweep.runtime.distributed import Runtime
+from ue_sweep.runtime.preemption import preemptible
+from ue_sweep.runtime.progress import Progress
+from ue_sweep.store.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
 from ue_sweep.train.evaluate import EvalResult, class_counts, evaluate
 from ue_sweep.train.recipes import VictimRecipe
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ue_sweep.distributed import Runtime
+from ue_sweep.runtime.distributed import Runtime
 
 #: class groups by training frequency, most frequent first
 FREQUENCY_GROUPS = ("head", "medium", "tail")

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ue_sweep.data.batches import Batch
-from ue_sweep.distributed import Runtime
+from ue_sweep.runtime.distributed import Runtime
 
 
 def upcast(logits: torch.Tensor) -> torch.Tensor:

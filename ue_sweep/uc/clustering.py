@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from ue_sweep.config import ClustersConfig
-from ue_sweep.distributed import Runtime
-from ue_sweep.seeding import derive_seed, generator
+from ue_sweep.runtime.distributed import Runtime
+from ue_sweep.runtime.seeding import derive_seed, generator
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from ue_sweep.seeding import generator
+from ue_sweep.runtime.seeding import generator
 
 CONTROLS = ("uniform", "sign", "untrained")
 # Bisection steps for the energy-matching scale: 2^-60 of the bracket, far below uint8 rounding.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ue_sweep.distributed import Runtime
 from ue_sweep.models.classifiers import FeatureClassifier
+from ue_sweep.runtime.distributed import Runtime
 from ue_sweep.train.evaluate import shard_bounds
 
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from ue_sweep.distributed import Runtime
 from ue_sweep.models.classifiers import FeatureClassifier
-from ue_sweep.seeding import generator
+from ue_sweep.runtime.distributed import Runtime
+from ue_sweep.runtime.seeding import generator
 from ue_sweep.train.evaluate import shard_bounds
 from ue_sweep.uc.clustering import Clusters
 from ue_sweep.uc.noise import apply_cluster_noise

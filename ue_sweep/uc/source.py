@@ -17,8 +17,8 @@ import torch
 
 from ue_sweep.config import RootConfig
 from ue_sweep.data.splits import ImageSplits
-from ue_sweep.distributed import Runtime
 from ue_sweep.errors import ConfigError, MissingFileError
+from ue_sweep.runtime.distributed import Runtime
 from ue_sweep.uc.noise import apply_cluster_noise
 from ue_sweep.uc.protection import Protection
 

@@ -27,15 +27,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ue_sweep.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
 from ue_sweep.config import AugmentConfig, BatchSizeConfig, GeneratorConfig
 from ue_sweep.data.batches import Augmenter, batch_source
 from ue_sweep.data.placement import ON_DEVICE, Placement
-from ue_sweep.distributed import Runtime
 from ue_sweep.models.classifiers import FeatureClassifier
 from ue_sweep.models.generators import GeneratorBank
-from ue_sweep.preemption import preemptible
-from ue_sweep.progress import Progress
+from ue_sweep.runtime.distributed import Runtime
+from ue_sweep.runtime.preemption import preemptible
+from ue_sweep.runtime.progress import Progress
+from ue_sweep.store.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
 from ue_sweep.uc.clustering import Clusters
 from ue_sweep.uc.monitor import NoiseMonitor
 

@@ -1,0 +1,381 @@
+"""Learnability: SAL per layer and epoch, #LP and the Unlearnable Distance of every victim.
+
+Ye, Su, Qian ("How Far Are We from True Unlearnability?", ICLR 2025) read how unlearnable a
+training set is from the loss landscape of the victim trained on it: after each epoch, how far a
+small relative perturbation of one layer's weight can move the training loss (SAL, see
+``ue_sweep/learnability/search.py``). The clean victim's SALs set the threshold beta of a
+learnable layer; #LP counts a victim's learnable layers (mean over epochs) and UD = #LP(victim)
+/ #LP(clean): 1 for clean data, lower is more unlearnable.
+
+Every victim the job trained before this evaluation (``ctx.victims``: clean, protected,
+controls, defended ones) is measured on its own training images (after its recipe's
+``prepare``), from the per-epoch weights its training kept (``EvalContext.snapshot_epochs``):
+no victim is trained twice. Each victim's table is an artifact (keyed by its snapshots and the
+search settings), so a batch-size grid searches the shared clean victim once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ue_sweep.config import RootConfig, setting
+from ue_sweep.errors import ConfigError
+from ue_sweep.evals.context import EvalContext, TrainedVictim
+from ue_sweep.evals.learnability import heatmap, metrics
+from ue_sweep.evals.learnability.search import SearchSettings
+from ue_sweep.evals.learnability.table import layer_names, sal_table, subset
+from ue_sweep.evals.registry import Evaluation, JobOutcome, ReportSection
+from ue_sweep.evals.victims import LABELS
+from ue_sweep.report.media import save_png
+from ue_sweep.report.stats import Stat
+from ue_sweep.store.artifacts import StageKey
+from ue_sweep.store.keys import snapshots_key
+
+FIGURE = "learnability.png"
+BASELINE = "clean"
+
+
+@dataclass
+class LearnabilityConfig:
+    # Radius of the weight perturbation, relative: ||v||_F <= eps * ||theta||_F (paper: 0.05).
+    eps: float = setting(0.05, gt=0.0)
+    # Plain SGD learning rate of the descent and ascent searches (paper: 0.1).
+    lr: float = setting(0.1, gt=0.0)
+    # Repeats of (one SGD pass over the subset, then a loss evaluation) per side (paper: 10).
+    steps: int = setting(10, ge=1)
+    # Share of each victim's training set the search runs on: a fixed subset seeded by `seed`,
+    # the same images' indices for every victim (paper: the whole set).
+    data_fraction: float = setting(0.1, gt=0.0, le=1.0)
+    # SAL after every n-th epoch, counted back from the last one (always measured).
+    epoch_stride: int = setting(2, ge=1)
+    # `all` Conv2d and Linear weights, or a glob over their module names (`body.*`, `head`).
+    layers: str = "all"
+    # L0: the snapshot's loss on the subset in eval mode (`eval`), or the epoch's running
+    # training loss (`running`, as the authors' code; for a defense, the defense's loss).
+    l0: str = setting("eval", one_of=("eval", "running"))
+    # Project onto the ball after each SGD `pass` (the authors' code) or after every `step`.
+    projection: str = setting("pass", one_of=("pass", "step"))
+    # Minibatch of the SGD passes; null: the victim's training batch (victim.batch_size).
+    batch_size: int | None = setting(None, ge=1)
+
+
+def snapshot_epochs(cfg: RootConfig, lc: LearnabilityConfig) -> tuple[int, ...]:
+    """The epochs measured (0-based): every ``epoch_stride``-th, counted back from the last."""
+    return tuple(reversed(range(cfg.victim.epochs - 1, -1, -lc.epoch_stride)))
+
+
+def _layers_of(cfg: RootConfig, pattern: str) -> tuple[list[str], list[str]]:
+    """(every searchable layer, those ``pattern`` picks) of the victim architecture, built on
+    the meta device (no memory, no compute)."""
+    from ue_sweep.models.classifiers import build_classifier
+
+    with torch.device("meta"):
+        model = build_classifier(cfg.victim, in_channels=3, num_classes=10, image_size=32)
+    return layer_names(model), layer_names(model, pattern)
+
+
+def check(key: str, lc: LearnabilityConfig, cfg: RootConfig) -> None:
+    every, picked = _layers_of(cfg, lc.layers)
+    if not picked:
+        raise ConfigError(
+            f"{key}.layers",
+            lc.layers,
+            f"all, or a glob matching Conv2d/Linear layers of {cfg.victim.arch}: "
+            + ", ".join(every[:8])
+            + (", ..." if len(every) > 8 else ""),
+        )
+
+
+def _plain_victim(ctx: EvalContext, images: torch.Tensor, label: str) -> str:
+    """The label of an undefended victim on ``images`` (trained now if the job has none)."""
+    for victim in ctx.victims.values():
+        if victim.images is images and victim.recipe_key is None:
+            return victim.label
+    ctx.train_victim(label, images)
+    return label
+
+
+def _conditions(ctx: EvalContext) -> tuple[str, dict[str, list[str]]]:
+    """The clean baseline's label, and each distinct victim's label -> its other labels (the
+    same artifact under another name, e.g. the defenses' undefended ``none-clean``)."""
+    baseline = _plain_victim(ctx, ctx.data.train_images, BASELINE)
+    _plain_victim(ctx, ctx.protection.images, "protected")
+    by_key: dict[str, list[str]] = {}
+    for label, victim in ctx.victims.items():
+        by_key.setdefault(victim.key.digest, []).append(label)
+    conditions = {labels[0]: labels[1:] for labels in by_key.values()}
+    base = next(first for first, other in conditions.items() if baseline in (first, *other))
+    return base, conditions
+
+
+def _training_images(ctx: EvalContext, victim: TrainedVictim, rows: torch.Tensor) -> torch.Tensor:
+    """The subset ``rows`` of what the victim trained on, as model inputs on the device."""
+    images = victim.images
+    if victim.recipe is not None:  # prepared as its training did: the whole set, then the rows
+        images = victim.recipe.prepare(images, ctx.data.train_labels)
+    return images[rows.to(images.device)].to(ctx.rt.device).float().div_(255)
+
+
+def _table(
+    ctx: EvalContext,
+    lc: LearnabilityConfig,
+    label: str,
+    victim: TrainedVictim,
+    epochs: tuple[int, ...],
+    layers: list[str],
+    rows: torch.Tensor,
+) -> dict[str, Any]:
+    """The victim's SAL table, from the store when the same snapshots were searched alike."""
+    if not set(epochs) <= set(victim.snapshots):
+        raise RuntimeError(
+            f"victim {label} has weights of epochs {sorted(victim.snapshots)}, not {epochs}"
+        )
+    settings = SearchSettings(
+        eps=lc.eps,
+        lr=lc.lr,
+        steps=lc.steps,
+        batch_size=lc.batch_size or ctx.cfg.victim.batch_size,
+        projection=lc.projection,
+    )
+    key = StageKey(
+        "learnability",
+        {
+            "snapshots": snapshots_key(victim.key, epochs).digest,
+            "layers": layers,
+            "subset": {"seed": ctx.cfg.seed, "size": len(rows)},
+            "search": asdict(settings) | {"l0": lc.l0, "precision": ctx.cfg.trainer.precision},
+        },
+    )
+    history = victim.result["history"]
+
+    def compute() -> dict[str, Any]:
+        return sal_table(
+            ctx.rt,
+            ctx.new_victim_model(),
+            {e: victim.snapshots[e] for e in epochs},
+            _training_images(ctx, victim, rows),
+            ctx.data.train_labels[rows.to(ctx.data.train_labels.device)].to(ctx.rt.device),
+            layers,
+            settings,
+            ctx.cfg.seed,
+            running_l0={e: history[e]["train_loss"] for e in epochs}
+            if lc.l0 == "running"
+            else None,
+            progress=ctx.progress,
+            name=f"learnability ({label})",
+        )
+
+    return ctx.stages.run(f"learnability-{label}", key, compute)
+
+
+def _accuracy(victim: TrainedVictim) -> float:
+    return float(victim.result["mean_last"]["accuracy"])
+
+
+def run(ctx: EvalContext, lc: LearnabilityConfig) -> dict[str, Any]:
+    started = time.perf_counter()
+    baseline, conditions = _conditions(ctx)
+    epochs = snapshot_epochs(ctx.cfg, lc)
+    layers = layer_names(ctx.new_victim_model(), lc.layers)
+    rows = subset(len(ctx.data.train_images), lc.data_fraction, ctx.cfg.seed)
+    ctx.progress.info(
+        "learnability: %d victims x %d layers x %d epochs, %d training images each",
+        len(conditions),
+        len(layers),
+        len(epochs),
+        len(rows),
+    )
+    tables = {c: _table(ctx, lc, c, ctx.victims[c], epochs, layers, rows) for c in conditions}
+    beta, lp, ud = metrics.unlearnable_distances({c: t["sal"] for c, t in tables.items()}, baseline)
+    accuracy = {c: _accuracy(ctx.victims[c]) for c in conditions}
+    vmax = max(v for t in tables.values() for sal in t["sal"].values() for v in sal)
+    out: dict[str, Any] = {}
+    for c, t in tables.items():
+        out[c] = {
+            "aliases": conditions[c],
+            "accuracy": accuracy[c],
+            "snapshots": ctx.victims[c].snapshot_source,
+            "sal": t["sal"],
+            "lp_per_epoch": metrics.learnable_per_epoch(t["sal"], beta),
+            "lp": lp[c],
+            "ud": ud[c],
+            "diagnostics": {k: v for k, v in t.items() if k not in ("sal", "epochs")},
+            "figure": f"learnability-{c}.png",
+        }
+        if ctx.rt.is_main:
+            _picture(ctx, c, out[c], layers, epochs, beta, vmax)
+    known = {c: u for c, u in ud.items() if u is not None}
+    return {
+        "baseline": baseline,
+        "beta": beta,
+        "beta_per_epoch": metrics.thresholds(tables[baseline]["sal"]),
+        "epochs": list(epochs),
+        "layers": layers,
+        "subset_size": len(rows),
+        "settings": asdict(lc),
+        "ud": ud,
+        "lp": lp,
+        "accuracy": accuracy,
+        # Kendall's tau between UD and accuracy over the conditions: 1 when UD orders them as
+        # accuracy does
+        "rank_agreement": metrics.rank_agreement(known, accuracy),
+        "conditions": out,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _picture(
+    ctx: EvalContext,
+    condition: str,
+    entry: Mapping[str, Any],
+    layers: list[str],
+    epochs: Sequence[int],
+    beta: float,
+    vmax: float,
+) -> None:
+    ud = "–" if entry["ud"] is None else f"{entry['ud']:.2f}"
+    title = f"{condition}: accuracy {100 * entry['accuracy']:.1f}%, #LP {entry['lp']:.2f}, UD {ud}"
+    image = heatmap.render([entry["sal"][x] for x in layers], layers, epochs, beta, vmax, title)
+    save_png(ctx.job_dir / entry["figure"], image)
+    ctx.progress.run_logger.log_images(
+        {f"learnability/{condition}": image},
+        captions={f"learnability/{condition}": f"SAL per layer and epoch ({condition})"},
+    )
+
+
+def summary(record: Mapping[str, Any], m: Mapping[str, Any]) -> Sequence[str]:
+    s = m["settings"]
+    lines = [
+        f"learnability (SAL: eps {s['eps']}, {s['steps']} steps, {m['subset_size']} training "
+        f"images, epochs {','.join(str(e + 1) for e in m['epochs'])}, {len(m['layers'])} "
+        f"layers; beta {m['beta']:.4g} from {m['baseline']}):",
+        f"  {'trained on':<26}{'accuracy':>9}{'#LP':>7}{'UD':>7}",
+    ]
+    for condition, c in m["conditions"].items():
+        ud = "–" if c["ud"] is None else f"{c['ud']:.2f}"
+        lines.append(
+            f"  {LABELS.get(condition, condition):<26}{100 * c['accuracy']:>8.1f}%"
+            f"{c['lp']:>7.2f}{ud:>7}"
+        )
+    if m["rank_agreement"] is not None:
+        lines.append(
+            f"  UD vs accuracy over the conditions: Kendall tau {m['rank_agreement']:.2f} "
+            "(1: the same order)"
+        )
+    return lines
+
+
+def _ud_text(stat: Stat, full_n: int) -> str:
+    out = f"{stat.mean:.2f}" + (f" ± {stat.std:.2f}" if stat.std is not None else "")
+    return out if stat.n >= full_n else f"{out} (n={stat.n})"
+
+
+def _cells(
+    groups: Mapping[str, Sequence[JobOutcome]], field: str
+) -> tuple[list[str], dict[tuple[str, int], dict[str, Stat]]]:
+    """Conditions, and (row label, global batch) -> condition -> Stat of ``field`` over jobs."""
+    conditions: list[str] = []
+    values: dict[tuple[str, int], dict[str, list[float]]] = {}
+    for label, jobs in groups.items():
+        for job in jobs:
+            row = values.setdefault((label, int(job.global_batch or 0)), defaultdict(list))
+            for condition, value in job.outcome.get(field, {}).items():
+                if value is not None:
+                    row[condition].append(float(value))
+                    conditions.append(condition)
+    cells = {
+        key: {c: Stat(tuple(v)) for c, v in row.items()} for key, row in sorted(values.items())
+    }
+    return list(dict.fromkeys(conditions)), cells
+
+
+def report(groups: Mapping[str, Sequence[JobOutcome]]) -> ReportSection | None:
+    conditions, cells = _cells(groups, "ud")
+    if not cells:
+        return None
+    full_n = max(s.n for row in cells.values() for s in row.values())
+    _, accuracy = _cells(groups, "accuracy")
+
+    def draw(path: Path) -> None:
+        _plot(conditions, cells, accuracy, path)
+
+    return ReportSection(
+        title="Learnability (Unlearnable Distance)",
+        caption=(
+            "UD = #LP(victim) / #LP(clean victim) (Ye et al., ICLR 2025): the mean number of "
+            "layers per epoch whose SAL exceeds the clean victim's 2-means threshold, relative "
+            "to clean; 1 for clean data, lower is more unlearnable. Mean ± std over seeds, by "
+            "global batch size of the UC generators. The figure sets it against each "
+            "condition's clean-test accuracy."
+        ),
+        header=["dataset", "global batch", *conditions],
+        rows=[
+            [
+                label,
+                str(batch),
+                *(_ud_text(row[c], full_n) if c in row else "–" for c in conditions),
+            ]
+            for (label, batch), row in cells.items()
+        ],
+        figures={FIGURE: draw},
+        csv_name="learnability.csv",
+        label_columns=2,
+    )
+
+
+def _plot(
+    conditions: list[str],
+    ud: Mapping[tuple[str, int], Mapping[str, Stat]],
+    accuracy: Mapping[tuple[str, int], Mapping[str, Stat]],
+    path: Path,
+) -> None:
+    """Per report row: each condition's UD against its accuracy (mean, ± std whiskers)."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    keys = list(ud)
+    fig = Figure(figsize=(5.6, 3.8 * len(keys)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(keys), 1, squeeze=False)[:, 0]
+    colors = colormaps["tab10"]
+    for ax, key in zip(axes, keys, strict=True):
+        for i, c in enumerate(conditions):
+            if c not in ud[key] or c not in accuracy.get(key, {}):
+                continue
+            u, a = ud[key][c], accuracy[key][c]
+            ax.errorbar(
+                100 * a.mean,
+                u.mean,
+                xerr=None if a.std is None else 100 * a.std,
+                yerr=u.std,
+                fmt="o",
+                capsize=3,
+                color=colors(i % 10),
+                label=c,
+            )
+        ax.set_xlabel("clean-test accuracy (%)")
+        ax.set_ylabel("UD")
+        ax.set_title(f"{key[0]}, global batch {key[1]}", fontsize="medium")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+    fig.savefig(path, dpi=150)
+
+
+EVALUATION = Evaluation(
+    name="learnability",
+    config=LearnabilityConfig,
+    run=run,
+    job_type="learnability",
+    summary=summary,
+    report=report,
+    snapshots=snapshot_epochs,
+    check=check,
+)

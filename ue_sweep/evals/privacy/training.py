@@ -1,0 +1,308 @@
+"""DP-SGD training of a DP-safe FeatureClassifier with Opacus, the same on 1 or N ranks.
+
+The recipe is DP-SGD (Abadi et al. 2016) as Opacus implements it: Poisson-sampled logical
+batches, per-sample gradients clipped to ``max_grad_norm`` (flat), Gaussian noise of standard
+deviation ``noise_multiplier * max_grad_norm`` added once per step (by rank 0; Opacus'
+``DistributedDPOptimizer`` then sums over ranks), divided by the expected batch size; then the
+victim's SGD with momentum, weight decay and per-step cosine schedule. ``epsilon = inf`` is the
+same recipe with no noise and no clipping: the non-private baseline with the same model,
+optimizer and sampling.
+
+Sampling and accounting. A logical batch of step s in epoch e draws one Bernoulli(q) mask over
+the whole training set from ``(seed, e, s)``, identical on every rank, and rank r trains on the
+selected images whose index is r modulo the world size: Poisson sampling of the whole set with
+the global rate q, whatever the world size, so the accounting (q, steps, noise multiplier, hence
+epsilon) and even the batches are those of one rank. q = 1 / steps_per_epoch with
+steps_per_epoch = ceil(N / batch_size), Opacus' own convention (``PrivacyEngine.make_private``
+takes q = 1 / len(data_loader)). Opacus' ``DistributedUniformWithReplacementSampler`` draws a
+mask per rank instead and skips a rank's step when its local batch is empty, which leaves the
+ranks out of step with each other; and the seeded masks let a preempted run resume mid-epoch.
+Logical batches are split into physical ones by Opacus' ``BatchSplittingSampler`` (what
+``BatchMemoryManager`` wraps), so memory is bounded by ``physical_batch`` whatever q N is.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from ue_sweep.config import AugmentConfig, TrainingConfig
+from ue_sweep.data.batches import Augmenter
+from ue_sweep.models.classifiers import FeatureClassifier
+from ue_sweep.runtime.distributed import Runtime
+from ue_sweep.runtime.preemption import preemptible
+from ue_sweep.runtime.progress import Progress
+from ue_sweep.runtime.seeding import generator
+from ue_sweep.store.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
+from ue_sweep.train.classifier import EVAL_BATCH, EpochRecord, TrainResult, evaluation_due
+from ue_sweep.train.evaluate import EvalResult, class_counts, evaluate, input_dtype
+from ue_sweep.train.recipes import upcast
+
+#: the clipping bound of ``epsilon = inf``: every per-sample factor min(1, C / norm) is exactly 1
+NO_CLIPPING = sys.float_info.max
+#: Opacus' per-sample gradients fire full backward hooks on modules whose inputs need no grad
+_HOOK_WARNING = "Full backward hook is firing when gradients are computed"
+
+
+@dataclass(frozen=True)
+class PrivacySpec:
+    """How private a DP victim is; ``epsilon = math.inf``: no noise, no clipping."""
+
+    epsilon: float
+    delta: float
+    max_grad_norm: float
+    accountant: str = "prv"
+    #: largest batch one forward-backward pass takes (memory only, not the maths)
+    physical_batch: int = 256
+
+    @property
+    def private(self) -> bool:
+        return math.isfinite(self.epsilon)
+
+
+class PoissonBatches:
+    """This rank's part of each Poisson-sampled logical batch (see the module docstring)."""
+
+    def __init__(
+        self, n: int, sample_rate: float, steps: int, rank: int, world_size: int, seed: int
+    ) -> None:
+        self.n, self.sample_rate, self.steps = n, sample_rate, steps
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def global_batch(self, epoch: int, step: int) -> torch.Tensor:
+        """Indices of the whole logical batch (every rank's), ascending."""
+        g = generator(self.seed, "poisson", epoch, step)
+        return torch.nonzero(torch.rand(self.n, generator=g) < self.sample_rate).flatten()
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[torch.Tensor]:
+        for step in range(start_step, self.steps):
+            selected = self.global_batch(epoch, step)
+            yield selected[selected % self.world_size == self.rank]
+
+
+class _GeneratorState:
+    """A torch.Generator as a checkpointable object (the noise stream resumes where it was)."""
+
+    def __init__(self, g: torch.Generator) -> None:
+        self.g = g
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"state": self.g.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.g.set_state(state["state"])
+
+
+def sampling(n: int, batch_size: int, epochs: int) -> tuple[int, float, int]:
+    """(steps per epoch, sample rate q, total steps) of a set of ``n`` with expected batch
+    ``batch_size``: q = 1 / ceil(n / batch_size), as Opacus derives q from a data loader."""
+    steps_per_epoch = max(1, math.ceil(n / batch_size))
+    return steps_per_epoch, 1.0 / steps_per_epoch, epochs * steps_per_epoch
+
+
+def noise_multiplier(spec: PrivacySpec, sample_rate: float, steps: int) -> float:
+    """Opacus' noise multiplier for (epsilon, delta) after ``steps`` steps at rate q."""
+    if not spec.private:
+        return 0.0
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(
+        get_noise_multiplier(
+            target_epsilon=spec.epsilon,
+            target_delta=spec.delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=spec.accountant,
+        )
+    )
+
+
+def train_private_classifier(
+    model: FeatureClassifier,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    cfg: TrainingConfig,
+    spec: PrivacySpec,
+    augment: AugmentConfig,
+    rt: Runtime,
+    seed: int,
+    progress: Progress,
+    name: str,
+    checkpoint: StageCheckpoint = NO_CHECKPOINT,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Train the DP-safe ``model`` in place with DP-SGD; returns the result and the privacy
+    record (epsilon spent from the accountant, noise multiplier, sample rate, steps, ...).
+
+    Resumes from ``checkpoint`` (the accountant and the noise stream included), saves one after
+    every epoch, and stops at a checkpoint when preemption is requested.
+    """
+    from opacus import PrivacyEngine
+    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+    from opacus.utils.batch_memory_manager import BatchSplittingSampler
+
+    n = len(train_images)
+    steps_per_epoch, q, total_steps = sampling(n, cfg.batch_size, cfg.epochs)
+    sigma = noise_multiplier(spec, q, total_steps)
+    train_counts = class_counts(train_labels, num_classes)
+    batches = PoissonBatches(n, q, steps_per_epoch, rt.rank, rt.world_size, seed)
+    augmenter = Augmenter(augment, n, seed)
+    noise = generator(seed, "dp-noise")
+    # Opacus' distributed path over the job's process group (world size 1 included, one path):
+    # DPDDP broadcasts rank 0's weights; make_private then builds the DistributedDPOptimizer.
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    with warnings.catch_warnings():  # secure_mode=False is recorded in the privacy record
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=spec.accountant)
+    # The loader only tells make_private q = 1 / len(loader); batches come from PoissonBatches.
+    index_loader = DataLoader(TensorDataset(torch.arange(n)), batch_size=cfg.batch_size)
+    module, dp_optimizer, _ = engine.make_private(
+        module=DPDDP(model),
+        optimizer=optimizer,
+        data_loader=index_loader,
+        noise_multiplier=sigma,
+        max_grad_norm=spec.max_grad_norm if spec.private else NO_CLIPPING,
+        noise_generator=noise,
+        poisson_sampling=True,
+    )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=total_steps, eta_min=cfg.min_lr
+    )
+    resumable = Resumable(
+        checkpoint,
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        accountant=engine.accountant,
+        noise=_GeneratorState(noise),
+    )
+    # running sums: [sum of per-sample losses, correct, samples] of the epoch on this rank
+    loop = resumable.start(num_sums=3, device=rt.device)
+    start_epoch, start_step, sums = loop.epoch, loop.step, loop.sums
+    history = [EpochRecord(**r) for r in loop.history]
+
+    def save(epoch: int, step: int) -> None:
+        resumable.save_at(loop, epoch, step, [asdict(r) for r in history])
+
+    test: EvalResult | None = None
+    with (
+        warnings.catch_warnings(),
+        progress.stage(name, cfg.epochs * steps_per_epoch, cfg.epochs) as bar,
+    ):
+        warnings.filterwarnings("ignore", message=_HOOK_WARNING)
+        bar.advance(start_epoch * steps_per_epoch + start_step)
+        for epoch in range(start_epoch, cfg.epochs):
+            epoch_start = time.perf_counter()
+            first_step = start_step if epoch == start_epoch else 0
+            model.train()
+            augmenter.set_epoch(epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            logical = batches.epoch(epoch, first_step)
+            for local in preemptible(logical, first_step, rt, lambda s, e=epoch: save(e, s)):
+                chunks = BatchSplittingSampler(
+                    sampler=[local.tolist()],
+                    max_batch_size=spec.physical_batch,
+                    optimizer=dp_optimizer,
+                )
+                for chunk in chunks:
+                    sums += _physical_step(
+                        module, dp_optimizer, chunk, train_images, train_labels, augmenter, rt
+                    )
+                schedule.step()
+                bar.advance()
+            totals = rt.all_reduce_sum(sums).tolist()
+            sums.zero_()
+            evaluated = evaluation_due(cfg, epoch)
+            if evaluated:
+                test = evaluate(
+                    model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts
+                )
+            record = EpochRecord.close(epoch, totals, test if evaluated else None, lr, epoch_start)
+            history.append(record)
+            save(epoch + 1, 0)
+            bar.epoch_done(
+                epoch,
+                loss=record.train_loss,
+                train_acc=record.train_accuracy,
+                test_acc="-" if record.test_accuracy is None else record.test_accuracy,
+            )
+    if test is None:  # resumed after the last epoch had finished
+        test = evaluate(model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts)
+    result = TrainResult(
+        test=test,
+        per_device_batch=max(1, round(q * n / rt.world_size)),
+        global_batch=max(1, round(q * n)),
+        steps_per_epoch=steps_per_epoch,
+        seconds=loop.seconds,
+        sync_batchnorm=False,
+        average_last=cfg.average_last,
+        history=history,
+    )
+    privacy = {
+        "target_epsilon": spec.epsilon if spec.private else "inf",
+        # what the accountant says was spent over every step taken (None: no guarantee)
+        "epsilon": float(engine.accountant.get_epsilon(spec.delta)) if spec.private else None,
+        "delta": spec.delta,
+        "noise_multiplier": sigma,
+        "max_grad_norm": spec.max_grad_norm if spec.private else None,
+        "sample_rate": q,
+        "steps": total_steps,
+        # steps the accountant saw (its history compresses equal steps into one entry)
+        "accounted_steps": sum(int(s) for _, _, s in engine.accountant.history),
+        "steps_per_epoch": steps_per_epoch,
+        "expected_batch": q * n,
+        "accountant": spec.accountant,
+        "clipping": "flat" if spec.private else "none",
+        "sampling": "poisson",
+        "secure_mode": False,
+        "epochs": cfg.epochs,
+    }
+    return result, privacy
+
+
+def _physical_step(
+    module: torch.nn.Module,
+    optimizer: Any,
+    chunk: list[int],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    augmenter: Augmenter,
+    rt: Runtime,
+) -> torch.Tensor:
+    """One physical batch through the GradSampleModule and the DP optimizer (which steps only
+    after a logical batch's last chunk); returns its [loss sum, correct, samples]."""
+    idx = torch.as_tensor(chunk, dtype=torch.long)
+    x = images[idx.to(images.device)].to(rt.device, input_dtype(module)).div_(255)
+    x = augmenter(x, idx)
+    y = labels[idx.to(labels.device)].to(rt.device)
+    with rt.autocast():
+        logits, _ = module(x)
+    # An empty local batch still runs forward and backward: the ranks step together.
+    loss = F.cross_entropy(upcast(logits), y) if len(idx) else logits.sum() * 0.0
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    k = float(len(idx))
+    return torch.stack(
+        [
+            loss.detach().double() * k,
+            (logits.argmax(1) == y).sum().double(),
+            torch.tensor(k, dtype=torch.float64, device=logits.device),
+        ]
+    ).to(rt.device)

@@ -1,0 +1,431 @@
+"""SISA training and machine unlearning: after a request, is a forgotten image like a new one?
+
+``evals=[unlearning]`` trains a SISA ensemble (Bourtoule et al., IEEE S&P 2021; ``ue_sweep/sisa``)
+on the clean and on the UC-protected training set, records its clean-test accuracy under both
+aggregations, serves the unlearning requests (seeded random training points, or a file of
+indices), retrains the affected constituents from the first slice that held a removed point, and
+records the accuracy again, what the retraining cost against retraining every constituent from
+scratch on the remaining data, and membership attacks (``ue_sweep/membership``: loss and
+true-class confidence) on the removed points against an equal-sized seeded sample of hold-out
+images that no model of the job saw, before and after unlearning.
+
+Attacks query the clean images for both conditions (what a data owner holds; the hold-out has
+no protected version), scored two ways: by the ensemble's mean posterior (the deployed model),
+and by the constituent of the removed point's shard (the one that trained on it), each
+hold-out image paired with a removed point and scored by that point's constituent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ue_sweep.config import RootConfig, setting
+from ue_sweep.data.splits import ImageSplits
+from ue_sweep.errors import ConfigError
+from ue_sweep.evals.context import EvalContext
+from ue_sweep.evals.membership.metrics import attack_metrics
+from ue_sweep.evals.membership.scores import SCORES
+from ue_sweep.evals.registry import Evaluation, JobOutcome, ReportSection
+from ue_sweep.evals.unlearning.aggregate import accuracy, majority_vote, mean_posterior
+from ue_sweep.evals.unlearning.ensemble import Fit, SisaTrainer
+from ue_sweep.evals.unlearning.partition import (
+    Partition,
+    draw_requests,
+    full_retrain_steps,
+    partition,
+    read_request_file,
+    single_request_ratio,
+    slice_epochs,
+    steps_per_epoch,
+)
+from ue_sweep.report.stats import Stat
+from ue_sweep.runtime.seeding import generator
+
+CONDITIONS = ("clean", "protected")
+ATTACKS = ("loss", "confidence")
+TARGETS = ("ensemble", "shard")
+DEFAULT_REQUESTS = 16
+
+
+@dataclass
+class UnlearningConfig:
+    # Disjoint shards (one constituent model each) and slices per shard (one checkpoint each).
+    shards: int = setting(4, ge=1)
+    slices: int = setting(3, ge=1)
+    # A constituent's budget in epochs over its whole shard, spread over its cumulative slices
+    # as Bourtoule et al.: 2e/(R+1) epochs per slice (sisa/partition.py). null: victim.epochs.
+    epochs: int | None = setting(None, ge=1)
+    # SISA on clean data and on the UC-protected set: does protection change what is forgotten?
+    conditions: list[str] = setting(list(CONDITIONS), one_of=CONDITIONS)  # noqa: RUF009
+    # Seeded random training points to forget, unless `request_file` names them (indices into
+    # the training split after the hold-out; whitespace or comma separated, `#` comments).
+    requests: int = setting(DEFAULT_REQUESTS, ge=1)
+    request_file: str | None = None
+    # Share of the training split held out as never-seen reference points for the attacks.
+    holdout_fraction: float = setting(0.1, gt=0.0, lt=1.0)
+
+
+def _budget(cfg: UnlearningConfig, root: RootConfig) -> int:
+    return cfg.epochs if cfg.epochs is not None else root.victim.epochs
+
+
+def check(key: str, cfg: UnlearningConfig, root: RootConfig) -> None:
+    """Before any compute: every slice gets an epoch, the request file is well formed."""
+    if not cfg.conditions:
+        raise ConfigError(f"{key}.conditions", [], "at least one of: " + ", ".join(CONDITIONS))
+    budget = _budget(cfg, root)
+    if 2 * budget < cfg.slices + 1:  # 2e/(R+1) >= 1: else some slice trains no epoch at all
+        raise ConfigError(
+            f"{key}.epochs",
+            budget,
+            f"at least {(cfg.slices + 2) // 2} epochs for {cfg.slices} slices (each slice "
+            "trains 2e/(slices+1) of them, at least one; null: victim.epochs)",
+        )
+    if cfg.request_file is not None:
+        if cfg.requests != DEFAULT_REQUESTS:
+            raise ConfigError(
+                f"{key}.requests",
+                cfg.requests,
+                f"unset with {key}.request_file (the file's indices are the requests)",
+            )
+        read_request_file(f"{key}.request_file", cfg.request_file)
+
+
+def removed_points(key: str, cfg: UnlearningConfig, n: int, seed: int) -> torch.Tensor:
+    """The sorted training indices to forget: the file's, or ``requests`` seeded draws."""
+    if cfg.request_file is not None:
+        return read_request_file(f"{key}.request_file", cfg.request_file)
+    return draw_requests(n, cfg.requests, seed)
+
+
+def check_data(key: str, cfg: UnlearningConfig, root: RootConfig, data: ImageSplits) -> None:
+    """Before any stage: the requests, shards and slices fit the training pool and hold-out."""
+    n = len(data.train_images)
+    if cfg.shards * cfg.slices > n:
+        raise ConfigError(
+            f"{key}.shards",
+            cfg.shards,
+            f"shards x slices ({cfg.shards} x {cfg.slices}) at most the {n} training images",
+        )
+    if cfg.request_file is None and cfg.requests > n:
+        raise ConfigError(f"{key}.requests", cfg.requests, f"at most the {n} training images")
+    removed = removed_points(key, cfg, n, root.seed)
+    if cfg.request_file is not None and int(removed.max()) >= n:
+        outside = [i for i in removed.tolist() if i >= n][:5]
+        raise ConfigError(
+            f"{key}.request_file",
+            cfg.request_file,
+            f"indices of the {n} training images, 0..{n - 1} (found {outside})",
+        )
+    if len(removed) > data.holdout_size:
+        raise ConfigError(
+            f"{key}.requests",
+            len(removed),
+            f"at most the {data.holdout_size} hold-out images the attacks compare them with "
+            f"(raise {key}.holdout_fraction)",
+        )
+    left = partition(n, cfg.shards, cfg.slices, root.seed).without(removed)
+    empty = [k for k in range(left.shards) if len(left.slices[k][0]) == 0]
+    if empty:
+        raise ConfigError(
+            f"{key}.requests",
+            len(removed),
+            f"requests that leave a point in the first slice of every shard (they empty shard "
+            f"{empty[0]}'s); fewer requests, shards or slices",
+        )
+
+
+def _reference(data: ImageSplits, count: int, seed: int) -> torch.Tensor:
+    """A seeded sample of ``count`` hold-out indices: the never-seen side of the attacks."""
+    order = torch.randperm(data.holdout_size, generator=generator(seed, "sisa-reference"))
+    return order[:count].sort().values
+
+
+def _log(p: torch.Tensor) -> torch.Tensor:
+    """Log-posteriors as logits (softmax(log p) = p) for the membership scores, finite."""
+    return p.clamp_min(torch.finfo(p.dtype).tiny).log()
+
+
+@dataclass(frozen=True)
+class Queries:
+    """Rows of every fit's posteriors: the test set, then the removed points, then as many
+    hold-out images (clean images throughout)."""
+
+    images: torch.Tensor
+    test_labels: torch.Tensor
+    member_labels: torch.Tensor
+    reference_labels: torch.Tensor
+    #: each removed point's shard, which also scores its paired hold-out image
+    member_shards: torch.Tensor
+
+    def scored(self, fit: Fit) -> dict[str, Any]:
+        t, q = len(self.test_labels), len(self.member_labels)
+        test, members, refs = fit.posteriors.split([t, q, q], dim=1)
+        ensemble = mean_posterior(test).argmax(1)
+        out: dict[str, Any] = {
+            "accuracy": {
+                "mean_posterior": accuracy(ensemble, self.test_labels),
+                "majority_vote": accuracy(majority_vote(test), self.test_labels),
+                "constituents": [accuracy(p.argmax(1), self.test_labels) for p in test],
+            }
+        }
+        labels = torch.cat([self.member_labels, self.reference_labels]).cpu()
+        is_member = torch.arange(2 * q) < q
+        rows = torch.arange(q)
+        posteriors = {
+            "ensemble": mean_posterior(torch.cat([members, refs], dim=1)),
+            "shard": torch.cat([members[self.member_shards, rows], refs[self.member_shards, rows]]),
+        }
+        out["attacks"] = {
+            target: {
+                attack: attack_metrics(SCORES[attack](_log(p), labels), is_member)
+                for attack in ATTACKS
+            }
+            for target, p in posteriors.items()
+        }
+        return out
+
+
+def _cost(
+    before: Fit,
+    after: Fit,
+    first: Sequence[int | None],
+    left: Partition,
+    epochs: Sequence[int],
+    budget: int,
+    batch: int,
+) -> dict[str, Any]:
+    """What serving the requests costs: each affected constituent's slices from its first
+    changed one (steps and the seconds recorded when they were trained, in this job or the one
+    that stored them), against retraining every constituent from scratch on what remains."""
+    full = full_retrain_steps(left, epochs, batch)
+    steps, seconds = after.steps_from(first)
+    initial_steps, initial_seconds = before.steps_from([0] * before.posteriors.shape[0])
+    per_step = initial_seconds / initial_steps
+    remaining = sum(len(left.shard(k)) for k in range(left.shards))
+    return {
+        "unlearning_steps": steps,
+        "full_retrain_steps": sum(full),
+        "ratio": steps / sum(full),
+        "unlearning_seconds": seconds,
+        # Estimated, not measured: the full retrain's exact step count at the seconds per step
+        # of the initial fit's slices, as recorded when they were trained.
+        "full_retrain_seconds_estimated": sum(full) * per_step,
+        "seconds_per_step": per_step,
+        # One model without SISA, the same epoch budget on all the remaining points.
+        "single_model_steps": budget * steps_per_epoch(remaining, batch),
+        "retrained_from": list(first),
+        "expected_single_request_ratio": single_request_ratio(left, epochs, batch),
+        # What this job trained to serve them (0 when a job with the same requests did).
+        "trained_steps": int(after.total("steps")),
+        "trained_wall_seconds": after.wall_seconds,
+    }
+
+
+def run(ctx: EvalContext, cfg: UnlearningConfig) -> dict[str, Any]:
+    root, data, rt = ctx.cfg, ctx.data, ctx.rt
+    n = len(data.train_images)
+    removed = removed_points("evals.unlearning", cfg, n, root.seed)
+    part = partition(n, cfg.shards, cfg.slices, root.seed)
+    left = part.without(removed)
+    epochs = slice_epochs(_budget(cfg, root), cfg.slices)
+    reference = _reference(data, len(removed), root.seed)
+    assert data.holdout_images is not None and data.holdout_labels is not None
+    on = data.train_images.device
+    queries = Queries(
+        images=torch.cat(
+            [
+                data.test_images,
+                data.train_images[removed.to(on)],
+                data.holdout_images[reference.to(data.holdout_images.device)],
+            ]
+        ),
+        test_labels=data.test_labels.cpu(),
+        member_labels=data.train_labels[removed.to(data.train_labels.device)].cpu(),
+        reference_labels=data.holdout_labels[reference.to(data.holdout_labels.device)].cpu(),
+        member_shards=torch.tensor([k for k, _ in part.locate(removed)]),
+    )
+    ctx.progress.info(
+        "unlearning: %d shards x %d slices (%s epochs per slice), %d requests from %s",
+        cfg.shards,
+        cfg.slices,
+        epochs,
+        len(removed),
+        "random points" if cfg.request_file is None else cfg.request_file,
+    )
+    pools = {"clean": data.train_images, "protected": ctx.protection.images}
+    outcome: dict[str, Any] = {
+        "shards": cfg.shards,
+        "slices": cfg.slices,
+        "epochs_per_slice": epochs,
+        "requests": len(removed),
+        "request_source": "random" if cfg.request_file is None else cfg.request_file,
+        "removed": removed.tolist(),
+        "reference": reference.tolist(),
+        "shard_sizes": [len(part.shard(k)) for k in range(part.shards)],
+        "conditions": {},
+    }
+    for condition in cfg.conditions:
+        images = pools[condition]
+        sisa = SisaTrainer(
+            cfg=root,
+            rt=rt,
+            images=images,
+            labels=data.train_labels,
+            images_digest=ctx.images_digest(images),
+            data_identity=ctx.data_identity,
+            test_images=data.test_images,
+            test_labels=data.test_labels,
+            num_classes=data.num_classes,
+            new_model=ctx.new_victim_model,
+            epochs=epochs,
+            progress=ctx.progress,
+            store=ctx.stages.store,
+            placement=ctx.placement,
+            name=f"sisa ({condition})",
+        )
+        before = sisa.fit(part, queries.images, removed)
+        after = sisa.fit(left, queries.images, removed)
+        scored = {"before": queries.scored(before), "after": queries.scored(after)}
+        outcome["conditions"][condition] = {
+            "accuracy": {when: s["accuracy"] for when, s in scored.items()},
+            "attacks": {when: s["attacks"] for when, s in scored.items()},
+            "cost": _cost(
+                before,
+                after,
+                part.first_changed(removed),
+                left,
+                epochs,
+                _budget(cfg, root),
+                root.victim.batch_size,
+            ),
+            "initial": {
+                "computed_slices": int(sum(cfg.slices - r["start"] for r in before.shards)),
+                "steps": int(before.total("steps")),
+                "seconds": before.total("seconds"),
+            },
+            # Removed points among each constituent's training indices, read from the
+            # checkpoints it was rebuilt from: all of them before, none after.
+            "removed_in_training": {
+                "before": int(before.total("removed_seen")),
+                "after": int(after.total("removed_seen")),
+            },
+        }
+    return outcome
+
+
+def _auc(outcome: Mapping[str, Any], target: str, attack: str, when: str) -> float:
+    return float(outcome["attacks"][when][target][attack]["auc"])
+
+
+def summary(record: Mapping[str, Any], m: Mapping[str, Any]) -> Sequence[str]:
+    lines = [
+        f"unlearning (SISA, {m['shards']} shards x {m['slices']} slices, epochs per slice "
+        f"{m['epochs_per_slice']}; {m['requests']} requests vs as many hold-out images), "
+        "before -> after:",
+        f"  {'trained on':<12}{'accuracy %':<16}{'vote %':<16}{'cost':<7}"
+        f"{'AUC ensemble':<16}AUC shard",
+    ]
+    for condition, c in m["conditions"].items():
+        acc, cost = c["accuracy"], c["cost"]
+        mean, vote = (
+            f"{100 * acc['before'][a]:.1f} -> {100 * acc['after'][a]:.1f}"
+            for a in ("mean_posterior", "majority_vote")
+        )
+        ensemble, shard = (
+            f"{_auc(c, t, 'loss', 'before'):.2f} -> {_auc(c, t, 'loss', 'after'):.2f}"
+            for t in TARGETS
+        )
+        lines.append(
+            f"  {condition:<12}{mean:<16}{vote:<16}{cost['ratio']:<7.2f}{ensemble:<16}{shard}"
+        )
+        lines.append(
+            f"  {'':<12}retrained {cost['unlearning_steps']} of {cost['full_retrain_steps']} "
+            f"steps in {cost['unlearning_seconds']:.1f} s (full retrain "
+            f"~{cost['full_retrain_seconds_estimated']:.1f} s, estimated); removed points in "
+            f"training {c['removed_in_training']['before']} -> "
+            f"{c['removed_in_training']['after']}"
+        )
+    return lines
+
+
+def _ratio_text(stat: Stat, full_n: int) -> str:
+    out = f"{stat.mean:.2f}"
+    if stat.std is not None:
+        out += f" ± {stat.std:.2f}"
+    return out if stat.n >= full_n else f"{out} (n={stat.n})"
+
+
+#: report columns: (header, value of one condition's outcome, shown as a percentage)
+_COLUMNS = (
+    ("accuracy before", lambda c: c["accuracy"]["before"]["mean_posterior"], True),
+    ("accuracy after", lambda c: c["accuracy"]["after"]["mean_posterior"], True),
+    ("vote before", lambda c: c["accuracy"]["before"]["majority_vote"], True),
+    ("vote after", lambda c: c["accuracy"]["after"]["majority_vote"], True),
+    ("cost ratio", lambda c: c["cost"]["ratio"], False),
+    ("AUC ensemble before", lambda c: _auc(c, "ensemble", "loss", "before"), False),
+    ("AUC ensemble after", lambda c: _auc(c, "ensemble", "loss", "after"), False),
+    ("AUC shard before", lambda c: _auc(c, "shard", "loss", "before"), False),
+    ("AUC shard after", lambda c: _auc(c, "shard", "loss", "after"), False),
+)
+
+
+def report(groups: Mapping[str, Sequence[JobOutcome]]) -> ReportSection | None:
+    cells: dict[tuple[str, str], list[Stat]] = {}
+    for label, jobs in groups.items():
+        conditions = list(dict.fromkeys(c for j in jobs for c in j.outcome["conditions"]))
+        for condition in conditions:
+            runs = [j.outcome["conditions"].get(condition) for j in jobs]
+            runs = [r for r in runs if r is not None]
+            cells[(label, condition)] = [
+                Stat(tuple(float(value(r)) for r in runs)) for _, value, _ in _COLUMNS
+            ]
+    if not cells:
+        return None
+    full_n = max(s.n for row in cells.values() for s in row)
+    rows = [
+        [
+            label,
+            condition,
+            *(
+                stat.text(full_n) if pct else _ratio_text(stat, full_n)
+                for stat, (_, _, pct) in zip(row, _COLUMNS, strict=True)
+            ),
+        ]
+        for (label, condition), row in cells.items()
+    ]
+    return ReportSection(
+        title="Machine unlearning (SISA)",
+        caption=(
+            "SISA ensembles on clean and on UC-protected training data, before and after "
+            "serving the unlearning requests (mean ± std over seeds). Accuracy (%): clean test "
+            "set, mean-posterior aggregation; vote: majority vote. Cost ratio: optimizer steps "
+            "of the retraining over those of retraining every constituent from scratch on the "
+            "remaining data. AUC: loss-threshold membership attack on the removed points "
+            "against as many never-seen hold-out images, scored by the ensemble's mean "
+            "posterior or by the removed point's own constituent (shard); 0.5 is chance, and "
+            "the true-class confidence attack has the same ROC (a monotone transform)."
+        ),
+        header=["dataset", "condition", *(h for h, _, _ in _COLUMNS)],
+        rows=rows,
+        figures={},
+        csv_name="unlearning.csv",
+        label_columns=2,
+    )
+
+
+EVALUATION = Evaluation(
+    name="unlearning",
+    config=UnlearningConfig,
+    run=run,
+    job_type="unlearning",
+    summary=summary,
+    report=report,
+    holdout=lambda cfg: cfg.holdout_fraction,
+    check=check,
+    check_data=check_data,
+)

@@ -1,0 +1,1 @@
+"""Presentation: statistics and tables of results, figures, the W&B dashboard."""
