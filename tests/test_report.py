@@ -14,8 +14,10 @@ from PIL import Image
 
 from tests.conftest import run_cli
 from tests.wandb_records import offline_runs
-from ue_sweep.cli.report import Job, build_rows, collect, markdown_table, write_report
+from ue_sweep.cli.report import eval_sections, write_report
 from ue_sweep.cli.report import main as report_main
+from ue_sweep.report.collect import Job, build_rows, collect
+from ue_sweep.report.tables import markdown_table
 
 MULTIRUN_YAML = """\
 hydra:
@@ -204,7 +206,7 @@ def test_rows_split_by_other_swept_settings_and_ignore_bookkeeping():
 
 def test_partial_sweep_without_multirun_yaml_still_gives_a_table(sweep):
     (sweep / "multirun.yaml").unlink()
-    report = collect(sweep)
+    report = collect(sweep, sections=eval_sections)
     assert report.incomplete == [] and "no multirun.yaml" in str(report.grid_note)
     assert "| digits | 35.0 ± 7.1 |" in markdown_table(report)
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ue_sweep.evals.registry import evaluations
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:5.1f}%"
+from ue_sweep.report.stats import percent
 
 
 def _uc_lines(record: dict[str, Any]) -> list[str]:
@@ -28,13 +25,13 @@ def _uc_lines(record: dict[str, Any]) -> list[str]:
         f"{cfg['generator']['output']}, batch {batch['per_device']} per device x "
         f"{record['world_size']} = {batch['global']}",
         f"surrogate {surrogate['arch']} ({surrogate['weights']}"
-        + (f", test accuracy {pct(fitted['test_accuracy']).strip()}" if fitted else "")
+        + (f", test accuracy {percent(fitted['test_accuracy']).strip()}" if fitted else "")
         + f"); clusters vs classes NMI {record['clusters']['label_nmi']:.2f}",
         f"generators {gen['epochs']} epochs at {record['throughput']['generator_images_per_s']:.0f}"
         f" images/s: KL {first['loss']:.3f} -> {last['loss']:.3f}, target hit rate "
-        f"{pct(gen['initial']['target_hit_rate']).strip()} -> "
-        f"{pct(last['target_hit_rate']).strip()}, saturated pixels "
-        f"{pct(last['saturated_fraction']).strip()}"
+        f"{percent(gen['initial']['target_hit_rate']).strip()} -> "
+        f"{percent(last['target_hit_rate']).strip()}, saturated pixels "
+        f"{percent(last['saturated_fraction']).strip()}"
         if "target_hit_rate" in last
         else f"generators {gen['epochs']} epochs: KL {first['loss']:.3f} -> {last['loss']:.3f}",
     ]

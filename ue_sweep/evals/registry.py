@@ -14,13 +14,13 @@ import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ue_sweep.config import RootConfig
     from ue_sweep.data.splits import ImageSplits
     from ue_sweep.evals.context import EvalContext
+    from ue_sweep.report.section import EvalOutcome, ReportSection
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Evaluation:
     #: lines for the summary a job prints when it ends, from its outcome
     summary: Callable[[Mapping[str, Any], Mapping[str, Any]], Sequence[str]] | None = None
     #: its section of ``ue-sweep report``, from the outcomes of each row's jobs (row label ->)
-    report: Callable[[Mapping[str, Sequence[JobOutcome]]], ReportSection | None] | None = None
+    report: Callable[[Mapping[str, Sequence[EvalOutcome]]], ReportSection | None] | None = None
     #: the fraction of the training split it needs held out from every stage (membership
     #: inference's non-members), from its config; the job reserves the largest one asked for
     holdout: Callable[[Any], float] | None = None
@@ -104,49 +104,3 @@ def check_data(cfg: RootConfig, data: ImageSplits) -> None:
 def schemas() -> dict[str, type]:
     """Each evaluation's structured-config dataclass, by name: the ``evals`` group's schema."""
     return {name: evaluation.config for name, evaluation in evaluations().items()}
-
-
-@dataclass(frozen=True)
-class JobOutcome:
-    """One completed job's outcome of an evaluation, as a report sees it."""
-
-    dir: str
-    seed: int | None
-    global_batch: int | None
-    outcome: Mapping[str, Any]
-
-
-@dataclass
-class ReportSection:
-    """An evaluation's part of ``ue-sweep report``: a table (Markdown and CSV) and figures."""
-
-    title: str
-    caption: str
-    header: list[str]
-    rows: list[list[str]]
-    #: file name -> function that draws the figure into that path
-    figures: dict[str, Callable[[Path], None]]
-    csv_name: str
-    #: leading columns that name the row (left-aligned); the others are numbers
-    label_columns: int = 1
-
-    def markdown(self) -> str:
-        return "\n".join(
-            [
-                "| " + " | ".join(self.header) + " |",
-                "|"
-                + " --- |" * self.label_columns
-                + " ---: |" * (len(self.header) - self.label_columns),
-                *("| " + " | ".join(r) + " |" for r in self.rows),
-            ]
-        )
-
-    def write(self, out_dir: Path) -> None:
-        import csv
-
-        with (out_dir / self.csv_name).open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(self.header)
-            writer.writerows(self.rows)
-        for name, draw in self.figures.items():
-            draw(out_dir / name)

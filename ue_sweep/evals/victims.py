@@ -17,6 +17,7 @@ import torch
 from ue_sweep.config import setting
 from ue_sweep.evals.context import EvalContext
 from ue_sweep.evals.registry import Evaluation
+from ue_sweep.report.stats import percent
 from ue_sweep.runtime.tracking import atomic_torch_save
 from ue_sweep.uc.controls import CONTROLS, control_noises, rms
 from ue_sweep.uc.noise import apply_cluster_noise
@@ -30,10 +31,6 @@ LABELS = {
     "sign": "sign-noise control",
     "untrained": "untrained-generator ctl",
 }
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:5.1f}%"
 
 
 @dataclass
@@ -131,12 +128,12 @@ def summary(record: Mapping[str, Any], m: Mapping[str, Any]) -> Sequence[str]:
     worst = m.get("worst_class_accuracy", {})
     for condition, acc in m["accuracy"].items():
         energy = m["energy"].get(condition, {}).get("published_rms")
-        worst_text = "–" if worst.get(condition) is None else pct(worst[condition])
+        worst_text = "–" if worst.get(condition) is None else percent(worst[condition])
         lines.append(
-            f"  {LABELS.get(condition, condition):<26}{pct(acc):>9}"
-            f"{pct(m['balanced_accuracy'][condition]):>10}"
+            f"  {LABELS.get(condition, condition):<26}{percent(acc):>9}"
+            f"{percent(m['balanced_accuracy'][condition]):>10}"
             f"{worst_text:>8}"
-            f"{pct(m['final_accuracy'][condition]):>8}"
+            f"{percent(m['final_accuracy'][condition]):>8}"
             + (f"{energy / eps:>8.2f}eps" if energy is not None else "")
         )
     gap = (

@@ -156,7 +156,7 @@ def _table_row(table: JobTable, job: TableJob, states: dict[str, str]) -> JobRow
 
 def _rows_without_table(sweep_dir: Path) -> list[JobRow]:
     """Jobs of the ``multirun.yaml`` grid matched to result files, then unmatched result files."""
-    from ue_sweep.cli.report import expected_grid
+    from ue_sweep.report.collect import expected_grid
 
     results = {}
     for path in sorted(sweep_dir.rglob(RESULT_FILE)):

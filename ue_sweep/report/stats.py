@@ -28,3 +28,12 @@ class Stat:
         if self.std is not None:
             out += f" ± {100 * self.std:.1f}"
         return out if self.n >= full_n else f"{out} (n={self.n})"
+
+
+def percent(
+    x: float | None, *, digits: int = 1, width: int = 5, suffix: str = "%", missing: str = "–"
+) -> str:
+    """A fraction as a percentage, as every summary and table prints one."""
+    if x is None:
+        return missing.rjust(width)
+    return f"{100 * x:{width}.{digits}f}{suffix}"

@@ -20,7 +20,8 @@ from typing import Any
 from ue_sweep.config import setting
 from ue_sweep.evals.context import EvalContext
 from ue_sweep.evals.defenses.registry import DEFENSES, build_defense
-from ue_sweep.evals.registry import Evaluation, JobOutcome, ReportSection
+from ue_sweep.evals.registry import Evaluation
+from ue_sweep.report.section import EvalOutcome, ReportSection
 from ue_sweep.report.stats import Stat
 from ue_sweep.runtime.seeding import derive_seed
 
@@ -91,7 +92,7 @@ def summary(record: Mapping[str, Any], outcome: Mapping[str, Any]) -> Sequence[s
     return lines
 
 
-def _table(groups: Mapping[str, Sequence[JobOutcome]]) -> tuple[list[int], dict[Any, Any]]:
+def _table(groups: Mapping[str, Sequence[EvalOutcome]]) -> tuple[list[int], dict[Any, Any]]:
     """(row label, method) -> {global batch: Stat of protected accuracy, "clean": Stat}."""
     batches = sorted({int(j.global_batch or 0) for jobs in groups.values() for j in jobs})
     cells: dict[tuple[str, str], dict[Any, Stat]] = {}
@@ -113,7 +114,7 @@ def _table(groups: Mapping[str, Sequence[JobOutcome]]) -> tuple[list[int], dict[
     return batches, cells
 
 
-def report(groups: Mapping[str, Sequence[JobOutcome]]) -> ReportSection | None:
+def report(groups: Mapping[str, Sequence[EvalOutcome]]) -> ReportSection | None:
     batches, cells = _table(groups)
     if not cells:
         return None

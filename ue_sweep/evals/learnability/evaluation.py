@@ -31,9 +31,10 @@ from ue_sweep.evals.context import EvalContext, TrainedVictim
 from ue_sweep.evals.learnability import heatmap, metrics
 from ue_sweep.evals.learnability.search import SearchSettings
 from ue_sweep.evals.learnability.table import layer_names, sal_table, subset
-from ue_sweep.evals.registry import Evaluation, JobOutcome, ReportSection
+from ue_sweep.evals.registry import Evaluation
 from ue_sweep.evals.victims import LABELS
 from ue_sweep.report.media import save_png
+from ue_sweep.report.section import EvalOutcome, ReportSection
 from ue_sweep.report.stats import Stat
 from ue_sweep.store.artifacts import StageKey
 from ue_sweep.store.keys import snapshots_key
@@ -278,7 +279,7 @@ def _ud_text(stat: Stat, full_n: int) -> str:
 
 
 def _cells(
-    groups: Mapping[str, Sequence[JobOutcome]], field: str
+    groups: Mapping[str, Sequence[EvalOutcome]], field: str
 ) -> tuple[list[str], dict[tuple[str, int], dict[str, Stat]]]:
     """Conditions, and (row label, global batch) -> condition -> Stat of ``field`` over jobs."""
     conditions: list[str] = []
@@ -296,7 +297,7 @@ def _cells(
     return list(dict.fromkeys(conditions)), cells
 
 
-def report(groups: Mapping[str, Sequence[JobOutcome]]) -> ReportSection | None:
+def report(groups: Mapping[str, Sequence[EvalOutcome]]) -> ReportSection | None:
     conditions, cells = _cells(groups, "ud")
     if not cells:
         return None

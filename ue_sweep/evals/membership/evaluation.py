@@ -40,7 +40,8 @@ from ue_sweep.evals.membership.metrics import attack_metrics
 from ue_sweep.evals.membership.pairs import MembershipSplit, balanced_split
 from ue_sweep.evals.membership.queries import CLEAN, QuerySet, clean_queries, published_queries
 from ue_sweep.evals.membership.scores import View, query_views, view_logits
-from ue_sweep.evals.registry import Evaluation, JobOutcome, ReportSection, evaluations
+from ue_sweep.evals.registry import Evaluation, evaluations
+from ue_sweep.report.section import EvalOutcome, ReportSection
 from ue_sweep.report.stats import Stat
 from ue_sweep.runtime.tracking import atomic_torch_save
 from ue_sweep.uc.controls import CONTROLS, control_noises
@@ -436,7 +437,7 @@ def summary(record: Mapping[str, Any], m: Mapping[str, Any]) -> Sequence[str]:
 
 
 def _cells(
-    groups: Mapping[str, Sequence[JobOutcome]],
+    groups: Mapping[str, Sequence[EvalOutcome]],
 ) -> tuple[list[str], dict[tuple[str, str, str], dict[tuple[str, str], list[float]]]]:
     """(row label, victim, attack) -> {(query, metric): values over jobs}."""
     queries: list[str] = []
@@ -456,7 +457,7 @@ def _cells(
     return queries, cells
 
 
-def report(groups: Mapping[str, Sequence[JobOutcome]]) -> ReportSection | None:
+def report(groups: Mapping[str, Sequence[EvalOutcome]]) -> ReportSection | None:
     queries, cells = _cells(groups)
     if not cells:
         return None
@@ -494,7 +495,7 @@ def report(groups: Mapping[str, Sequence[JobOutcome]]) -> ReportSection | None:
 
 
 def _report_panels(
-    groups: Mapping[str, Sequence[JobOutcome]],
+    groups: Mapping[str, Sequence[EvalOutcome]],
 ) -> dict[str, dict[tuple[str, str], Any]]:
     """Per (row, query): each (victim, attack)'s TPR averaged over the jobs at common FPRs."""
     panels: dict[str, dict[tuple[str, str], Any]] = {}

@@ -27,8 +27,9 @@ import torch
 from ue_sweep.config import setting
 from ue_sweep.evals.context import EvalContext, TrainedVictim
 from ue_sweep.evals.privacy.training import PrivacySpec, train_private_classifier
-from ue_sweep.evals.registry import Evaluation, JobOutcome, ReportSection
-from ue_sweep.report.stats import Stat
+from ue_sweep.evals.registry import Evaluation
+from ue_sweep.report.section import EvalOutcome, ReportSection
+from ue_sweep.report.stats import Stat, percent
 from ue_sweep.runtime.seeding import derive_seed
 from ue_sweep.uc.controls import CONTROLS, control_noises
 from ue_sweep.uc.noise import apply_cluster_noise
@@ -207,10 +208,6 @@ def privacy_metrics(
     }
 
 
-def _pct(x: float | None) -> str:
-    return "    –" if x is None else f"{100 * x:5.1f}"
-
-
 def summary(record: Mapping[str, Any], m: Mapping[str, Any]) -> Sequence[str]:
     first = m["victims"]["clean"][m["epsilons"][0]]["privacy"]
     lines = [
@@ -223,7 +220,8 @@ def summary(record: Mapping[str, Any], m: Mapping[str, Any]) -> Sequence[str]:
     for e in m["epsilons"]:
         spent = m["epsilon_spent"]["clean"][e]
         cells = [
-            f"{_pct(m['accuracy'][c][e])} / {_pct(m['worst_class_accuracy'][c][e])}"
+            f"{percent(m['accuracy'][c][e], suffix='')} / "
+            f"{percent(m['worst_class_accuracy'][c][e], suffix='')}"
             for c in CONDITIONS
         ]
         lines.append(
@@ -242,7 +240,7 @@ def _eps_value(text: str) -> float:
     return math.inf if text == "inf" else float(text)
 
 
-def _cells(jobs: Sequence[JobOutcome]) -> dict[tuple[str, str, str], Stat]:
+def _cells(jobs: Sequence[EvalOutcome]) -> dict[tuple[str, str, str], Stat]:
     """(condition, epsilon, metric) -> Stat over the jobs (seeds)."""
     values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for job in jobs:
@@ -257,7 +255,7 @@ def _cells(jobs: Sequence[JobOutcome]) -> dict[tuple[str, str, str], Stat]:
     return {k: Stat(tuple(v)) for k, v in values.items()}
 
 
-def report(groups: Mapping[str, Sequence[JobOutcome]]) -> ReportSection | None:
+def report(groups: Mapping[str, Sequence[EvalOutcome]]) -> ReportSection | None:
     if not groups:
         return None
     rows, per_row = [], {}

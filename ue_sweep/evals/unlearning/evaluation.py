@@ -29,7 +29,7 @@ from ue_sweep.errors import ConfigError
 from ue_sweep.evals.context import EvalContext
 from ue_sweep.evals.membership.metrics import attack_metrics
 from ue_sweep.evals.membership.scores import SCORES
-from ue_sweep.evals.registry import Evaluation, JobOutcome, ReportSection
+from ue_sweep.evals.registry import Evaluation
 from ue_sweep.evals.unlearning.aggregate import accuracy, majority_vote, mean_posterior
 from ue_sweep.evals.unlearning.ensemble import Fit, SisaTrainer
 from ue_sweep.evals.unlearning.partition import (
@@ -42,6 +42,7 @@ from ue_sweep.evals.unlearning.partition import (
     slice_epochs,
     steps_per_epoch,
 )
+from ue_sweep.report.section import EvalOutcome, ReportSection
 from ue_sweep.report.stats import Stat
 from ue_sweep.runtime.seeding import generator
 
@@ -374,7 +375,7 @@ _COLUMNS = (
 )
 
 
-def report(groups: Mapping[str, Sequence[JobOutcome]]) -> ReportSection | None:
+def report(groups: Mapping[str, Sequence[EvalOutcome]]) -> ReportSection | None:
     cells: dict[tuple[str, str], list[Stat]] = {}
     for label, jobs in groups.items():
         conditions = list(dict.fromkeys(c for j in jobs for c in j.outcome["conditions"]))
