@@ -16,7 +16,8 @@ from benchmarks import ddp, generators, gpu, input_pipeline, sweep
 from benchmarks.rows import Row, table
 from benchmarks.timing import load_average, machine
 from ue_sweep.config import TrainerConfig
-from ue_sweep.runtime.distributed import DistEnv, runtime
+from ue_sweep.runtime.distributed import runtime
+from ue_sweep.runtime.env import DistEnv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # One torch thread per process: steadier under contention, and item 4's 2 ranks then use the

@@ -25,7 +25,8 @@ from benchmarks.rows import Row
 from benchmarks.timing import Timing
 from ue_sweep.config import BatchSizeConfig, TrainerConfig
 from ue_sweep.runtime import preemption
-from ue_sweep.runtime.distributed import DistEnv, Runtime, runtime, spawn
+from ue_sweep.runtime.distributed import Runtime, runtime, spawn
+from ue_sweep.runtime.env import DistEnv
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.uc.train_generators import train_generators
 

@@ -25,7 +25,8 @@ from benchmarks.rows import Row
 from benchmarks.timing import Timing
 from ue_sweep.config import ModelSpec, TrainerConfig
 from ue_sweep.models.classifiers import build_classifier
-from ue_sweep.runtime.distributed import DistEnv, runtime
+from ue_sweep.runtime.distributed import runtime
+from ue_sweep.runtime.env import DistEnv
 from ue_sweep.uc.train_generators import uc_loss_grad
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets.

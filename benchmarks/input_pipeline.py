@@ -19,7 +19,7 @@ from benchmarks import workload
 from benchmarks.rows import Row
 from benchmarks.timing import Timing, best, interleaved
 from ue_sweep.data.batches import TensorStream
-from ue_sweep.runtime.distributed import DistEnv
+from ue_sweep.runtime.env import DistEnv
 
 
 def _write_folder(root: Path, images: torch.Tensor, labels: torch.Tensor) -> None:

@@ -18,7 +18,7 @@ from ue_sweep.config import AugmentConfig, GeneratorConfig
 from ue_sweep.data.batches import TensorStream
 from ue_sweep.models.classifiers import FeatureClassifier
 from ue_sweep.models.generators import GeneratorBank
-from ue_sweep.runtime.distributed import DistEnv
+from ue_sweep.runtime.env import DistEnv
 from ue_sweep.uc.clustering import Clusters
 
 

@@ -18,9 +18,12 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from ue_sweep.cli.main import quote_numeric_choices  # also registers the schema and resolvers
+from ue_sweep.cli.compose import quote_numeric_choices, register
 from ue_sweep.config import TrainerConfig
-from ue_sweep.runtime.distributed import DistEnv, Runtime, runtime
+from ue_sweep.runtime.distributed import Runtime, runtime
+from ue_sweep.runtime.env import DistEnv
+
+register()  # what every entry point does before composing a config
 
 REPO = Path(__file__).resolve().parents[1]
 # Seconds-sized settings shared by tests that run the whole pipeline.

@@ -22,7 +22,8 @@ from ue_sweep.config import (
 )
 from ue_sweep.models.classifiers import FeatureClassifier, build_classifier
 from ue_sweep.models.generators import GeneratorBank
-from ue_sweep.runtime.distributed import DistEnv, env_from_launcher, runtime
+from ue_sweep.runtime.distributed import runtime
+from ue_sweep.runtime.env import DistEnv, env_from_launcher
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.train.evaluate import evaluate
 from ue_sweep.uc.clustering import cluster_features

@@ -7,7 +7,8 @@ import torch
 from ue_sweep.config import ModelSpec, TrainerConfig
 from ue_sweep.evals.membership.scores import SCORES, query_views, view_logits
 from ue_sweep.models.classifiers import build_classifier
-from ue_sweep.runtime.distributed import DistEnv, runtime
+from ue_sweep.runtime.distributed import runtime
+from ue_sweep.runtime.env import DistEnv
 
 CPU = TrainerConfig(accelerator="cpu", timeout_s=60)
 

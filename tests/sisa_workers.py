@@ -11,7 +11,8 @@ from ue_sweep.config import AugmentConfig, DatasetConfig, RootConfig, TrainerCon
 from ue_sweep.evals.unlearning.ensemble import SisaTrainer
 from ue_sweep.evals.unlearning.partition import partition, slice_epochs
 from ue_sweep.models.classifiers import build_classifier
-from ue_sweep.runtime.distributed import DistEnv, Runtime, runtime
+from ue_sweep.runtime.distributed import Runtime, runtime
+from ue_sweep.runtime.env import DistEnv
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.store.artifacts import ArtifactStore
 

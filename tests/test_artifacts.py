@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from ue_sweep.config import TrainerConfig
-from ue_sweep.runtime.distributed import DistEnv, runtime
+from ue_sweep.runtime.distributed import runtime
+from ue_sweep.runtime.env import DistEnv
 from ue_sweep.store.artifacts import ArtifactStore, StageKey, Stages
 
 KEY = StageKey("victim", {"data": "abc", "victim": {"epochs": 2}, "world_size": 1})

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
-from ue_sweep.cli.main import numeric_groups, quote_numeric_choices
+from ue_sweep.cli.compose import numeric_groups, quote_numeric_choices
 from ue_sweep.cli.validation import to_root_config, validate
 from ue_sweep.config import BatchSizeConfig, RootConfig
 from ue_sweep.data.registry import load_dataset

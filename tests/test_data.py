@@ -10,7 +10,7 @@ from ue_sweep.config import AugmentConfig, DatasetConfig, PathsConfig
 from ue_sweep.data.batches import Augmenter, HostStream, TensorStream, batch_source
 from ue_sweep.data.placement import Placement, footprint, resolve_placement
 from ue_sweep.data.registry import load_dataset
-from ue_sweep.runtime.distributed import DistEnv
+from ue_sweep.runtime.env import DistEnv
 
 
 def test_digits_are_real_uint8_images_with_a_stratified_split():

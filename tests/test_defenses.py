@@ -28,7 +28,8 @@ from ue_sweep.evals.defenses.registry import DEFENSES, build_defense
 from ue_sweep.evals.defenses.ueraser import UEraser, UEraserConfig
 from ue_sweep.models.classifiers import build_classifier
 from ue_sweep.runtime import preemption
-from ue_sweep.runtime.distributed import DistEnv, runtime
+from ue_sweep.runtime.distributed import runtime
+from ue_sweep.runtime.env import DistEnv
 from ue_sweep.runtime.preemption import Preempted
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.store.checkpoint import NO_CHECKPOINT, StageCheckpoint

@@ -14,15 +14,8 @@ import torch
 from tests import dist_workers
 from tests.conftest import REPO, ue_sweep_env
 from ue_sweep.config import TrainerConfig
-from ue_sweep.runtime.distributed import (
-    DistEnv,
-    DistributedSetupError,
-    cpu_threads,
-    env_from_launcher,
-    free_port,
-    runtime,
-    spawn,
-)
+from ue_sweep.runtime.distributed import cpu_threads, free_port, runtime, spawn
+from ue_sweep.runtime.env import DistEnv, DistributedSetupError, env_from_launcher
 
 
 def test_threads_follow_the_config_then_slurm_cpus_per_task_then_the_cores():

@@ -26,12 +26,8 @@ from tests import lsf_emulator
 from tests.conftest import SMOKE, read_results, run_cli, ue_sweep_env
 from tests.sweep_ops_flow import detached_flow
 from ue_sweep.config import TrainerConfig
-from ue_sweep.runtime.distributed import (
-    DistEnv,
-    DistributedSetupError,
-    cpu_threads,
-    env_from_launcher,
-)
+from ue_sweep.runtime.distributed import cpu_threads
+from ue_sweep.runtime.env import DistEnv, DistributedSetupError, env_from_launcher
 
 # Launcher-config keys under their make_bsub_script names (submitit's equivalence dict).
 RENAMED = {"timeout_min": "walltime_min", "name": "job_name"}

@@ -28,7 +28,8 @@ from ue_sweep.evals.membership.scores import (
     loss_score,
     query_views,
 )
-from ue_sweep.runtime.distributed import DistEnv, spawn
+from ue_sweep.runtime.distributed import spawn
+from ue_sweep.runtime.env import DistEnv
 
 # Members 0.9 0.8 0.4 0.4, non-members 0.7 0.4 0.2 0.1: a tie at 0.4 across the classes.
 SCORES = [0.9, 0.8, 0.4, 0.4, 0.7, 0.4, 0.2, 0.1]

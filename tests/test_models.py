@@ -161,7 +161,8 @@ def test_sync_batchnorm_defaults_on_for_small_per_gpu_batches(
     device, world, per_device, setting, expected
 ):
     from ue_sweep.config import TrainingConfig
-    from ue_sweep.runtime.distributed import DistEnv, Runtime
+    from ue_sweep.runtime.distributed import Runtime
+    from ue_sweep.runtime.env import DistEnv
     from ue_sweep.train.classifier import uses_sync_batchnorm
 
     # A Runtime is plain data: no process group or GPU is needed to describe one.

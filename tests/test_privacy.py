@@ -28,7 +28,8 @@ from ue_sweep.evals.privacy.training import (
     train_private_classifier,
 )
 from ue_sweep.models.classifiers import build_classifier
-from ue_sweep.runtime.distributed import DistEnv, spawn
+from ue_sweep.runtime.distributed import spawn
+from ue_sweep.runtime.env import DistEnv
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.train.evaluate import EvalResult
 

@@ -15,7 +15,8 @@ from ue_sweep.evals.unlearning.partition import (
     slice_epochs,
     steps_per_epoch,
 )
-from ue_sweep.runtime.distributed import DistEnv, spawn
+from ue_sweep.runtime.distributed import spawn
+from ue_sweep.runtime.env import DistEnv
 
 
 def test_shards_are_disjoint_and_cover_the_pool_and_slices_cut_each_shard_in_order():

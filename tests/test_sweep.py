@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ue_sweep.runtime.distributed import env_from_launcher
-from ue_sweep.store.sweep import JobOutcome, PlannedJob, format_summary, sweep_name
+from ue_sweep.runtime.env import env_from_launcher
+from ue_sweep.store.sweep import JobOutcome, PlannedJob, format_sweep_summary, sweep_name
 
 
 def test_sweep_name_depends_on_the_grid_not_on_order_or_launcher():
@@ -70,7 +70,7 @@ def test_summary_counts_statuses_and_resumes(tmp_path):
         JobOutcome(2, "batch_size=128", "failed", detail="ConfigError: clusters.k=5000 ..."),
         JobOutcome(3, "batch_size=256", "cancelled", detail="Scheduler: CANCELLED"),
     ]
-    text = format_summary("multirun/x", outcomes)
+    text = format_sweep_summary("multirun/x", outcomes)
     assert text.splitlines()[0] == (
         "sweep multirun/x: 4 jobs: 1 completed, 1 skipped, 1 failed, "
         "1 cancelled; 1 resumed from checkpoints"
@@ -160,7 +160,9 @@ def _grid(experiment: str) -> list[tuple[str, int, int]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    import ue_sweep.cli.main  # noqa: F401 (registers the launchers and their configs)
+    from ue_sweep.cli.compose import register
+
+    register()
 
     overrides = [f"experiment={experiment}", "hydra.launcher.project=ABC123"]
     with initialize_config_module("ue_sweep.conf", version_base="1.3"):

@@ -28,6 +28,8 @@ SCHEMA_NAME = "ue_sweep_schema"
 # Largest batch a job accepts: batches index 64-bit tensors and Python slices, and no dataset
 # comes near it.
 MAX_BATCH = 2**31 - 1
+# Control noises of UC's cluster structure and energy (ue_sweep/uc/controls.py).
+CONTROLS = ("uniform", "sign", "untrained")
 
 
 @dataclass(frozen=True)
@@ -340,14 +342,14 @@ def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any, dict[str, Any
 
 
 @cache
-def schema_keys(node: type = RootConfig, prefix: str = "") -> dict[str, str]:
+def dataclass_keys(node: type = RootConfig, prefix: str = "") -> dict[str, str]:
     """Every dotted key of the schema -> its annotated type (``"int"``, ``"ClustersConfig"``)."""
     keys = {}
     for f in fields(node):
         key = f"{prefix}{f.name}"
         keys[key] = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         if f.default_factory is not MISSING and is_dataclass(child := f.default_factory()):
-            keys |= schema_keys(type(child), key + ".")
+            keys |= dataclass_keys(type(child), key + ".")
     return keys
 
 

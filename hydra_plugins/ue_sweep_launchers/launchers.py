@@ -27,7 +27,7 @@ from ue_sweep.ops.schedulers import ACTIVE, Scheduler
 from ue_sweep.ops.table import JobTable
 from ue_sweep.runtime import preemption
 from ue_sweep.runtime.preemption import Preempted
-from ue_sweep.store.sweep import JobOutcome, PlannedJob, format_summary, plain_override
+from ue_sweep.store.sweep import JobOutcome, PlannedJob, format_sweep_summary, plain_override
 
 log = logging.getLogger(__name__)
 # Seconds between scheduler polls while waiting on jobs an earlier launch submitted, and how long
@@ -102,7 +102,7 @@ def _finish(
     ran: dict[int, JobReturn],
 ) -> list[JobReturn]:
     outcomes = [JobOutcome.from_record(job, skipped=job.num in skipped) for job in planned]
-    log.info("%s", format_summary(launcher.config.hydra.sweep.dir, outcomes))
+    log.info("%s", format_sweep_summary(launcher.config.hydra.sweep.dir, outcomes))
     returns = skipped | ran
     return [returns[job.num] for job in planned]
 

@@ -25,10 +25,9 @@ from importlib import resources
 
 from hydra import compose, initialize_config_module
 
-from ue_sweep.cli.main import quote_numeric_choices  # registers the schema and the resolvers
+from ue_sweep.cli.compose import quote_numeric_choices, register
 from ue_sweep.cli.validation import to_root_config
 from ue_sweep.config import RootConfig
-from ue_sweep.data import medmnist2d
 from ue_sweep.data.registry import fetch_dataset, load_dataset
 from ue_sweep.data.sources import dataset_root
 from ue_sweep.errors import ConfigError, UserError
@@ -42,16 +41,22 @@ def dataset_options() -> tuple[str, ...]:
     )
 
 
+def _medmnist_flags() -> tuple[str, ...]:
+    from ue_sweep.data import medmnist2d  # imports medmnist (and torch): only when asked
+
+    return tuple(medmnist2d.flags())
+
+
 def compose_dataset(
     name: str, size: int | None, root: str | None, overrides: Sequence[str]
 ) -> RootConfig:
     """The validated job config that ``ue-sweep dataset=NAME ...`` would run with."""
     if name in dataset_options():
         chosen = [f"dataset={name}"]
-    elif name in medmnist2d.flags():
+    elif name in _medmnist_flags():
         chosen = ["dataset=medmnist", f"dataset.flag={name}"]
     else:
-        accepted = sorted({*dataset_options(), *medmnist2d.flags()})
+        accepted = sorted({*dataset_options(), *_medmnist_flags()})
         raise ConfigError("dataset", name, "one of: " + ", ".join(accepted))
     chosen.append("dataset.download=true")  # validation then expects no files yet
     if size is not None:
@@ -82,6 +87,7 @@ def fetch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    register()
     parser = argparse.ArgumentParser(
         prog="ue-sweep-data", description="Fetch and prepare ue-sweep datasets."
     )

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
-from collections.abc import Sequence
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +17,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from ue_sweep.cli.compose import launcher_rank, quote_numeric_choices, register
 from ue_sweep.cli.preflight import check_command_line
-from ue_sweep.cli.summary import format_summary
-from ue_sweep.cli.validation import register_schemas, to_root_config
+from ue_sweep.cli.validation import to_root_config
 from ue_sweep.errors import UserError
-from ue_sweep.job.run import run_job
-from ue_sweep.runtime.distributed import env_from_launcher
 from ue_sweep.runtime.loggers import JobIdentity
 from ue_sweep.runtime.preemption import Interrupted, Preempted
 from ue_sweep.runtime.tracking import ResultRecorder
@@ -38,84 +32,6 @@ log = logging.getLogger(__name__)
 EXIT_PREEMPTED = 75
 # Exit status of a job ended by SIGTERM, as the shell reports a process the signal killed.
 EXIT_INTERRUPTED = 128 + 15
-
-
-@cache
-def numeric_groups() -> frozenset[str]:
-    """Config groups whose option names are numbers (``batch_size``, ``clusters``)."""
-    conf = resources.files("ue_sweep.conf")
-    return frozenset(
-        group.name
-        for group in conf.iterdir()
-        if group.is_dir()
-        and (
-            stems := [
-                f.name.removesuffix(".yaml") for f in group.iterdir() if f.name.endswith(".yaml")
-            ]
-        )
-        and all(stem.isdigit() for stem in stems)
-    )
-
-
-def quote_numeric_choices(args: Sequence[str]) -> list[str]:
-    """Let ``batch_size=256`` and ``-m clusters=5,10`` pick numeric config-group options.
-
-    Hydra's override parser reads ``256`` as an integer and refuses it as a group choice; the
-    documented workaround is quoting (``batch_size='"256"'``), which this does for the user.
-    """
-    pattern = re.compile(r"^(?P<group>[\w/]+)=(?P<values>\d+(?:,\d+)*)$")
-    out = []
-    for arg in args:
-        match = pattern.match(arg)
-        if match and match["group"] in numeric_groups():
-            values = ",".join(f'"{v}"' for v in match["values"].split(","))
-            arg = f"{match['group']}={values}"
-        out.append(arg)
-    return out
-
-
-def _launcher_rank() -> int:
-    env = env_from_launcher()
-    return env.rank if env is not None else 0
-
-
-def _register_resolvers() -> None:
-    # `eps: ${div:16,255}` reads like the papers write it.
-    OmegaConf.register_new_resolver("div", lambda a, b: a / b, replace=True)
-    # Ranks started by an external launcher share one Hydra run directory politely.
-    OmegaConf.register_new_resolver(
-        "ue_sweep.rank_zero_only",
-        lambda value: value if _launcher_rank() == 0 else None,
-        replace=True,
-    )
-    OmegaConf.register_new_resolver(
-        "ue_sweep.rank_suffix",
-        lambda: "" if _launcher_rank() == 0 else f".rank{_launcher_rank()}",
-        replace=True,
-    )
-
-
-def _register_launchers() -> None:
-    """Make ue-sweep's launchers known to Hydra.
-
-    Hydra finds plugins by scanning the ``hydra_plugins`` namespace package, which misses editable
-    installs; registering the classes explicitly works for every kind of install. The configs
-    are stored again once Hydra's own are in place (see ``register``).
-    """
-    from hydra.core.plugins import Plugins
-
-    from hydra_plugins.ue_sweep_launchers.config import register
-    from hydra_plugins.ue_sweep_launchers.launchers import LAUNCHERS
-
-    plugins = Plugins.instance()
-    for launcher in LAUNCHERS:
-        plugins.register(launcher)
-    register()
-
-
-register_schemas()
-_register_resolvers()
-_register_launchers()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://ue_sweep.conf", config_name="config")
@@ -134,6 +50,10 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
         config=config,
         job_dir=str(job_dir),
     )
+    # Imported here: a command line refused by preflight never pays for torch.
+    from ue_sweep.cli.summary import format_job_summary
+    from ue_sweep.job.run import run_job
+
     try:
         root = to_root_config(cfg)
         record = run_job(
@@ -144,7 +64,7 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
             identity=identity,
         )
     except UserError as err:
-        if _launcher_rank() == 0:
+        if launcher_rank() == 0:
             recorder.failed(err)
         if hydra_cfg.mode == RunMode.RUN:
             # One line and a usage exit status; in a multirun Hydra names the failing job and the
@@ -154,7 +74,7 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
         raise
     if record is None:
         return None
-    log.info("\n%s", format_summary(record, str(recorder.path)))
+    log.info("\n%s", format_job_summary(record, str(recorder.path)))
     return record.get("metrics", {}).get("accuracy")
 
 
@@ -168,6 +88,7 @@ def main() -> None:
 
         command = status if sys.argv[1] == "status" else cancel
         raise SystemExit(command.main(sys.argv[2:]))
+    register()
     sys.argv[1:] = quote_numeric_choices(sys.argv[1:])
     # The same multirun command line maps to the same sweep directory (see conf/config.yaml).
     os.environ.setdefault(SWEEP_NAME_ENV, sweep_name(sys.argv[1:]))

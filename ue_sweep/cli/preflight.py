@@ -35,7 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ue_sweep.cli.validation import check_files, schema_keys, to_root_config
 from ue_sweep.errors import ConfigError, UserError
-from ue_sweep.runtime.distributed import env_from_launcher
+from ue_sweep.runtime.env import env_from_launcher
 from ue_sweep.runtime.tracking import RESULT_FILE
 from ue_sweep.store.checkpoint import fingerprint
 from ue_sweep.store.sweep import grid_overrides, plain_override

@@ -37,7 +37,7 @@ def _uc_lines(record: dict[str, Any]) -> list[str]:
     ]
 
 
-def format_summary(record: dict[str, Any], result_path: str) -> str:
+def format_job_summary(record: dict[str, Any], result_path: str) -> str:
     """The UC stages' lines, then each evaluation's, then where the result is."""
     lines = _uc_lines(record)
     for name, outcome in record.get("evals", {}).items():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields, is_dataclass
+from types import ModuleType
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -25,23 +26,26 @@ from omegaconf.errors import OmegaConfBaseException
 import ue_sweep.evals.registry as evals
 from ue_sweep import config
 from ue_sweep.config import RootConfig, TrainerConfig, TrainingConfig, check_cross_fields
-from ue_sweep.data import medmnist2d
 from ue_sweep.data.registry import check_dataset, dataset_names
 from ue_sweep.errors import ConfigError
-from ue_sweep.models.classifiers import arch_names
-from ue_sweep.models.weights import check_surrogate_weights
+from ue_sweep.models.archs import arch_names
 from ue_sweep.runtime.loggers import backend_names
-from ue_sweep.uc.source import check_source
 
 # ``config.Registry(name)`` -> the registry's accepted names, asked only for a field that is set
 # (MedMNIST's flags import medmnist, which takes seconds).
 REGISTRIES: dict[str, Callable[[], Sequence[str | int]]] = {
     "datasets": dataset_names,
-    "medmnist_flags": medmnist2d.flags,
-    "medmnist_sizes": medmnist2d.sizes,
+    "medmnist_flags": lambda: _medmnist().flags(),
+    "medmnist_sizes": lambda: _medmnist().sizes(),
     "archs": arch_names,
     "loggers": backend_names,
 }
+
+
+def _medmnist() -> ModuleType:
+    from ue_sweep.data import medmnist2d  # imports medmnist (and torch): only when asked
+
+    return medmnist2d
 
 
 @dataclass(frozen=True)
@@ -85,12 +89,12 @@ def registry_names(name: str) -> Sequence[str | int]:
 
 def schema_keys() -> dict[str, str]:
     """Every dotted key of the schema -> its annotated type, the plugged-in groups' included."""
-    keys = dict(config.schema_keys())
+    keys = dict(config.dataclass_keys())
     for field_name, group in GROUPS.items():
         keys[field_name] = "Group"  # not an open dict: only its entries' keys are known
         for name, schema in group.schemas().items():
             keys[f"{field_name}.{name}"] = schema.__name__
-            keys |= config.schema_keys(schema, f"{field_name}.{name}.")
+            keys |= config.dataclass_keys(schema, f"{field_name}.{name}.")
     return keys
 
 
@@ -178,6 +182,10 @@ def check_files(cfg: RootConfig) -> None:
     Separate from the device checks: a login node sees the shared file system the compute nodes
     read, so a sweep is checked here before any job is queued.
     """
+    # Both read files with torch: imported here, not on the command line's way to a refusal.
+    from ue_sweep.models.weights import check_surrogate_weights
+    from ue_sweep.uc.source import check_source
+
     check_dataset(cfg.dataset, cfg.paths, cfg.surrogate)
     if cfg.uc.source is None:
         check_surrogate_weights(cfg.surrogate)

@@ -22,7 +22,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from ue_sweep.config import AugmentConfig
 from ue_sweep.data.placement import Placement
-from ue_sweep.runtime.distributed import DistEnv, Runtime
+from ue_sweep.runtime.distributed import Runtime
+from ue_sweep.runtime.env import DistEnv
 from ue_sweep.runtime.seeding import generator
 
 

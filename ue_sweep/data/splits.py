@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class ImageSplits:
     holdout_labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
+        import torch  # loaded already wherever images exist; not needed to name the type
+
         if (self.holdout_images is None) != (self.holdout_labels is None):
             raise ValueError(f"{self.name}: a hold-out split needs both images and labels")
         for split in ("train", "test", "holdout"):

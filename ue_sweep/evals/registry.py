@@ -1,7 +1,8 @@
 """The registry of evaluations: what one is (:class:`Evaluation`) and where they are found.
 
-Each evaluation is one module of ``ue_sweep.evals`` (or a sub-package with an ``evaluation``
-module) that defines ``EVALUATION``, plus one config ``conf/evals/<name>.yaml``; a job runs the
+Each evaluation is one sub-package of ``ue_sweep.evals`` whose ``__init__`` defines
+``EVALUATION`` from its ``config`` module (torch-free) and :func:`lazy` references to its
+compute, plus one config ``conf/evals/<name>.yaml``; a job runs the
 ones selected in the ``evals`` group (``evals=[victims,defenses]``) in that order, and writes
 each one's outcome under ``result.json`` ``evals.<name>``. See docs/EVALUATIONS.md for how to add
 one.
@@ -55,6 +56,22 @@ class Evaluation:
     check_data: Callable[[str, Any, RootConfig, ImageSplits], None] | None = None
 
 
+def lazy(target: str) -> Callable[..., Any]:
+    """The function ``"module:name"``, imported at its first call.
+
+    An evaluation's compute and plots import torch and matplotlib; its package's ``__init__``
+    names them this way, so that the command line's checks load configs only.
+    """
+    module_name, _, name = target.partition(":")
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module_name), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"{target}, imported when first called."
+    return call
+
+
 _PACKAGE = __name__.rpartition(".")[0]
 _INTERNAL = ("context", "registry")
 
@@ -67,8 +84,7 @@ def evaluations() -> dict[str, Evaluation]:
     for module in pkgutil.iter_modules(package_path):
         if module.name in _INTERNAL:
             continue
-        name = f"{_PACKAGE}.{module.name}" + (".evaluation" if module.ispkg else "")
-        evaluation = importlib.import_module(name).EVALUATION
+        evaluation = importlib.import_module(f"{_PACKAGE}.{module.name}").EVALUATION
         found[evaluation.name] = evaluation
     return found
 

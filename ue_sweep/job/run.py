@@ -22,7 +22,8 @@ from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 from ue_sweep.config import RootConfig
 from ue_sweep.job.pipeline import run_pipeline
 from ue_sweep.runtime import preemption
-from ue_sweep.runtime.distributed import DistEnv, env_from_launcher, runtime, spawn
+from ue_sweep.runtime.distributed import runtime, spawn
+from ue_sweep.runtime.env import DistEnv, env_from_launcher
 from ue_sweep.runtime.loggers import JobIdentity, RunLogger, build_logger
 from ue_sweep.runtime.preemption import Interrupted, Preempted
 from ue_sweep.runtime.progress import PROGRESS_FILE, Progress

@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ue_sweep.config import ModelSpec
+from ue_sweep.models.archs import resolve_stem
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Below this input size a ResNet gets the CIFAR stem (3x3 conv, no max-pool) under `stem: auto`.
-CIFAR_STEM_BELOW = 96
 
 
 class FeatureClassifier(nn.Module):
@@ -92,19 +91,6 @@ def resnet(name: str, in_channels: int, stem: str, dp_safe: bool = False) -> tup
     feature_dim = net.fc.in_features
     net.fc = nn.Identity()
     return net, feature_dim
-
-
-RESNETS = ("resnet18", "resnet34", "resnet50")
-
-
-def arch_names() -> tuple[str, ...]:
-    return ("small_cnn", *RESNETS)
-
-
-def resolve_stem(spec: ModelSpec, input_size: int) -> str:
-    if spec.stem != "auto":
-        return spec.stem
-    return "cifar" if input_size < CIFAR_STEM_BELOW else "imagenet"
 
 
 def build_classifier(

@@ -14,12 +14,10 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-import torch.distributed as dist
-
-from ue_sweep.runtime.distributed import Runtime
+if TYPE_CHECKING:
+    from ue_sweep.runtime.distributed import Runtime
 
 Handler = Callable[[int, FrameType | None], Any] | int | None
 T = TypeVar("T")
@@ -82,6 +80,9 @@ def requested(rt: Runtime) -> bool:
     """Whether any rank was asked to stop; every rank must call this at the same steps."""
     if rt.world_size == 1:
         return _State.requested
+    import torch  # here, not at import: the command line catches these exceptions
+    import torch.distributed as dist
+
     flag = torch.tensor([int(_State.requested)], device=rt.device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())

@@ -18,8 +18,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-
 RESULT_FILE = "result.json"
 
 
@@ -42,6 +40,8 @@ def atomic_write_json(path: Path, payload: Any) -> None:
 
 
 def atomic_torch_save(path: Path, payload: Any) -> None:
+    import torch  # here, not at import: the command line records results without torch
+
     atomic_write(path, lambda f: torch.save(payload, f), "wb")
 
 
@@ -63,6 +63,8 @@ def versions() -> dict[str, str | None]:
     )
     found = {name: dist_version(name) for name in packages}
     found["python"] = platform.python_version()
+    import torch
+
     found["cuda"] = torch.version.cuda
     return found
 

@@ -16,9 +16,10 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from ue_sweep.runtime.tracking import atomic_torch_save
 
@@ -63,6 +64,8 @@ class StageCheckpoint:
         """
         if self.path is None or not self.path.exists():
             return None
+        import torch  # here, not at import: fingerprints are computed on the login node
+
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for a bad file; all mean "damaged"
@@ -161,6 +164,8 @@ class Resumable:
 
     def start(self, num_sums: int, device: torch.device) -> LoopPosition:
         """Restore the objects, if saved, and the loop's position (the start, if not)."""
+        import torch
+
         saved = self.restore() or {}
         step = saved.get("step", 0)
         sums = (

@@ -134,7 +134,7 @@ class JobOutcome:
         )
 
 
-def format_summary(sweep_dir: str | Path, outcomes: Sequence[JobOutcome]) -> str:
+def format_sweep_summary(sweep_dir: str | Path, outcomes: Sequence[JobOutcome]) -> str:
     counts = Counter(o.status for o in outcomes)
     resumed = sum(1 for o in outcomes if o.restarts)
     order = (

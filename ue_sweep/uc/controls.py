@@ -19,7 +19,6 @@ import torch
 
 from ue_sweep.runtime.seeding import generator
 
-CONTROLS = ("uniform", "sign", "untrained")
 # Bisection steps for the energy-matching scale: 2^-60 of the bracket, far below uint8 rounding.
 _BISECTION_STEPS = 60
 

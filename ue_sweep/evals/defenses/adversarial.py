@@ -12,27 +12,15 @@ seed, so it depends neither on the rank nor on where a resumed run restarts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ue_sweep.config import setting
 from ue_sweep.data.batches import Batch
+from ue_sweep.evals.defenses.config import AdversarialConfig
 from ue_sweep.runtime.distributed import Runtime
 from ue_sweep.runtime.seeding import per_sample
 from ue_sweep.train.recipes import RecordingRecipe, VictimRecipe, unwrap, upcast
-
-
-@dataclass
-class AdversarialConfig:
-    # L-inf radius, ascent steps and step size, in [0, 1] pixel units.
-    eps: float = setting(8 / 255, gt=0.0, le=1.0)
-    steps: int = setting(10, ge=1)
-    step_size: float = setting(2 / 255, gt=0.0, le=1.0)
-    # Start from a uniform point of the eps-ball (Madry et al.) instead of the image itself.
-    random_start: bool = True
 
 
 def pgd(

@@ -33,13 +33,12 @@ bit-identical for any world size (on one device type).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ue_sweep.config import setting
+from ue_sweep.evals.defenses.config import EpicConfig
 from ue_sweep.evals.defenses.coreset import (
     assign,
     class_budgets,
@@ -50,20 +49,6 @@ from ue_sweep.runtime.distributed import Runtime
 from ue_sweep.train.recipes import VictimRecipe
 
 PROXY_BATCH = 512
-
-
-@dataclass
-class EpicConfig:
-    # Medoids per selection as a fraction of the points still training (split by class size).
-    subset_fraction: float = setting(0.2, gt=0.0, lt=1.0)
-    # First epoch that starts with a selection, and epochs between selections.
-    start_epoch: int = setting(2, ge=0)
-    interval: int = setting(2, ge=1)
-    # Points of clusters with at most this many points are dropped, never to return.
-    cluster_threshold: int = setting(1, ge=0)
-    # `kept`: every point never dropped, weight 1 (EPIC's code); `medoids`: the medoids only,
-    # each weighted by its cluster's size.
-    train_on: str = setting("kept", one_of=("kept", "medoids"))
 
 
 @torch.no_grad()

@@ -13,32 +13,18 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, field, make_dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ue_sweep.config import setting
 from ue_sweep.evals.context import EvalContext
-from ue_sweep.evals.defenses.registry import DEFENSES, build_defense
-from ue_sweep.evals.registry import Evaluation
+from ue_sweep.evals.defenses.config import NONE
+from ue_sweep.evals.defenses.registry import build_defense
 from ue_sweep.report.section import EvalOutcome, ReportSection
 from ue_sweep.report.stats import Stat
 from ue_sweep.runtime.seeding import derive_seed
 
-NONE = "none"
 FIGURE = "defenses.png"
-
-#: ``evals.defenses``: which methods run, and one structured config per method of the registry
-#: (``evals.defenses.epic.subset_fraction=0.3``), so a new defense needs no edit here.
-DefensesConfig = make_dataclass(
-    "DefensesConfig",
-    [
-        ("methods", list[str], setting(list(DEFENSES), one_of=tuple(DEFENSES))),
-        # Also train each defense on clean data: what the defense costs a data user.
-        ("on_clean", bool, field(default=True)),
-        *((name, d.config, field(default_factory=d.config)) for name, d in DEFENSES.items()),
-    ],
-)
 
 
 def _accuracy(victim: Mapping[str, Any]) -> float:
@@ -185,21 +171,3 @@ def _plot(cells: Mapping[Any, Mapping[Any, Stat]], batches: list[int], path: Pat
     axes[0].legend(fontsize="small", loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=150)
-
-
-def victim_labels(cfg: Any) -> list[str]:
-    conditions = ["protected", "clean"] if cfg.on_clean else ["protected"]
-    return [f"{NONE}-protected", f"{NONE}-clean"] + [
-        f"{method}-{c}" for method in cfg.methods for c in conditions
-    ]
-
-
-EVALUATION = Evaluation(
-    name="defenses",
-    config=DefensesConfig,
-    run=run,
-    job_type="defenses",
-    summary=summary,
-    report=report,
-    victim_labels=victim_labels,
-)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,28 +20,11 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ue_sweep.config import setting
+from ue_sweep.evals.defenses.config import GrayscaleConfig, JpegConfig, PosterizeConfig
 from ue_sweep.train.recipes import VictimRecipe
 
 # Images squeezed at once: bounds the temporary copies of a large training set.
 CHUNK = 4096
-
-
-@dataclass
-class JpegConfig:
-    # libjpeg quality factor (1-100) of the compression round trip.
-    quality: int = setting(10, ge=1, le=100)
-
-
-@dataclass
-class GrayscaleConfig:
-    """Grayscale has no settings: ITU-R 601 luma, replicated to every channel."""
-
-
-@dataclass
-class PosterizeConfig:
-    # Most significant bits kept of each 8-bit channel value.
-    bits: int = setting(2, ge=1, le=8)
 
 
 def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:

@@ -9,20 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ue_sweep.evals.defenses.adversarial import AdversarialConfig, build_adversarial
-from ue_sweep.evals.defenses.epic import EpicConfig, build_epic
-from ue_sweep.evals.defenses.iss import (
-    GrayscaleConfig,
-    JpegConfig,
-    PosterizeConfig,
-    build_grayscale,
-    build_jpeg,
-    build_posterize,
-)
-from ue_sweep.evals.defenses.ueraser import UEraserConfig, build_ueraser
-from ue_sweep.train.recipes import VictimRecipe
+from ue_sweep.evals.defenses.config import METHODS
+from ue_sweep.evals.registry import lazy
+
+if TYPE_CHECKING:
+    from ue_sweep.train.recipes import VictimRecipe
 
 
 @dataclass(frozen=True)
@@ -33,12 +26,7 @@ class Defense:
 
 
 DEFENSES: dict[str, Defense] = {
-    "epic": Defense(EpicConfig, build_epic),
-    "jpeg": Defense(JpegConfig, build_jpeg),
-    "grayscale": Defense(GrayscaleConfig, build_grayscale),
-    "posterize": Defense(PosterizeConfig, build_posterize),
-    "adversarial": Defense(AdversarialConfig, build_adversarial),
-    "ueraser": Defense(UEraserConfig, build_ueraser),
+    name: Defense(config, lazy(builder)) for name, (config, builder) in METHODS.items()
 }
 
 

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
-from ue_sweep.config import setting
 from ue_sweep.data.batches import Batch
+from ue_sweep.evals.defenses.config import UEraserConfig
 from ue_sweep.runtime.distributed import Runtime
 from ue_sweep.runtime.seeding import generator
 from ue_sweep.train.recipes import RecordingRecipe, VictimRecipe, upcast
@@ -35,15 +35,6 @@ from ue_sweep.train.recipes import RecordingRecipe, VictimRecipe, upcast
 MAX_OCTAVE = 5
 ROUGHNESS = (0.3, 0.7)
 INTENSITY = (0.5, 1.0)
-
-
-@dataclass
-class UEraserConfig:
-    # Augmented views per sample; the loss is the largest of their losses.
-    draws: int = setting(5, ge=1)
-    # Epochs (from the first) that take the max over `draws`; later ones train on one view.
-    # null: every epoch.
-    adversarial_epochs: int | None = setting(None, ge=0)
 
 
 def _uniform(g: torch.Generator, bounds: tuple[float, float]) -> float:

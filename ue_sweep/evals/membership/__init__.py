@@ -7,3 +7,17 @@ and offline Gaussians from shadows), :mod:`~ue_sweep.evals.membership.metrics` (
 balanced accuracy, TPR at low FPR). The evaluations (``evals=[membership]``, the unlearning
 evaluation's attacks on forgotten points) build on them.
 """
+
+from ue_sweep.evals.membership.config import MembershipConfig, holdout
+from ue_sweep.evals.registry import Evaluation, lazy
+
+EVALUATION = Evaluation(
+    name="membership",
+    config=MembershipConfig,
+    run=lazy("ue_sweep.evals.membership.evaluation:run"),
+    job_type="membership",
+    summary=lazy("ue_sweep.evals.membership.evaluation:summary"),
+    report=lazy("ue_sweep.evals.membership.evaluation:report"),
+    holdout=holdout,
+    check=lazy("ue_sweep.evals.membership.evaluation:check"),
+)

@@ -12,7 +12,6 @@ from ue_sweep.evals.membership.scores import logit_confidence, loss_score, max_p
 #: ``loss``: Yeom et al.'s loss threshold; ``confidence``: ML-Leaks' threshold on the largest
 #: posterior (label-free; the true class's posterior would rank exactly as the loss does);
 #: ``lira_*``: Carlini et al.'s likelihood ratio from shadows
-ATTACKS = ("loss", "confidence", "lira_online", "lira_offline")
 SHADOW_ATTACKS = ("lira_online", "lira_offline")
 
 

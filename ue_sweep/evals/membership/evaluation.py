@@ -23,68 +23,35 @@ from __future__ import annotations
 import fnmatch
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ue_sweep.config import RootConfig, setting
+from ue_sweep.config import CONTROLS, RootConfig
 from ue_sweep.errors import ConfigError, UserError
 from ue_sweep.evals.context import EvalContext, TrainedVictim
 from ue_sweep.evals.membership import shadows as shadow_models
-from ue_sweep.evals.membership.attacks import ATTACKS, SHADOW_ATTACKS, attack_scores
+from ue_sweep.evals.membership.attacks import SHADOW_ATTACKS, attack_scores
+from ue_sweep.evals.membership.config import ATTACKS, QUERIES, MembershipConfig
 from ue_sweep.evals.membership.figures import plot_rocs
 from ue_sweep.evals.membership.metrics import attack_metrics
 from ue_sweep.evals.membership.pairs import MembershipSplit, balanced_split
 from ue_sweep.evals.membership.queries import CLEAN, QuerySet, clean_queries, published_queries
 from ue_sweep.evals.membership.scores import View, query_views, view_logits
-from ue_sweep.evals.registry import Evaluation, evaluations
+from ue_sweep.evals.registry import evaluations
 from ue_sweep.report.section import EvalOutcome, ReportSection
 from ue_sweep.report.stats import Stat
 from ue_sweep.runtime.tracking import atomic_torch_save
-from ue_sweep.uc.controls import CONTROLS, control_noises
+from ue_sweep.uc.controls import control_noises
 from ue_sweep.uc.noise import apply_cluster_noise
 
-QUERIES = ("clean", "published")
-ROLES = ("attack", "shadow")
 SCORES_FILE = "membership_scores.pt"
 ROC_PNG = "membership_roc.png"
 REPORT_ROC_PNG = "membership_roc.png"
 #: the victims the evaluation trains itself when no earlier evaluation trained any
 OWN_VICTIMS = ("clean", "protected")
-
-
-@dataclass
-class MembershipConfig:
-    # Share of each class of the training split reserved as non-members before any stage runs
-    # (no victim, surrogate or generator sees them); the job takes the largest any evaluation asks.
-    holdout_fraction: float = setting(0.25, gt=0.0, le=0.9)
-    # Victims to attack: labels or shell patterns (`none-*`) of the victims earlier evaluations
-    # trained; empty: all of them (alone: a clean and a protected victim of its own).
-    victims: list[str] = setting([])  # noqa: RUF009 (a factory)
-    # `clean`: the members' clean originals vs clean hold-out images; `published`: members as the
-    # victim saw them vs hold-out images with the noise of their nearest cluster.
-    query: list[str] = setting(list(QUERIES), one_of=QUERIES)  # noqa: RUF009 (a factory)
-    attacks: list[str] = setting(list(ATTACKS), one_of=ATTACKS)  # noqa: RUF009 (a factory)
-    # LiRA's shadow models (even: each example is IN for exactly half); 0: no LiRA.
-    shadows: int = setting(4, ge=0)
-    # One Gaussian width for every example (the paper's choice for few shadows), else each
-    # example's own from its shadows (needs shadows >= 4).
-    fixed_variance: bool = True
-    # Query views for LiRA: identity, mirror (if the augmentation flips), shifts by the crop
-    # padding.
-    augmentations: int = setting(4, ge=1, le=18)
-    # `shadow`: train only shadow `shadow_index` and store its scores (one job of a sweep).
-    role: str = setting("attack", one_of=ROLES)
-    shadow_index: int = setting(0, ge=0)
-    # The attack job trains the shadows no shadow job left in the store; false: refuses to.
-    in_process: bool = True
-
-
-def holdout(cfg: MembershipConfig) -> float:
-    return cfg.holdout_fraction
 
 
 def _known_labels(job: RootConfig) -> list[str] | None:
@@ -524,15 +491,3 @@ def _steps(fpr: np.ndarray, tpr: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """The step curve (TPR at FPR <= f) read at ``grid``."""
     at = np.searchsorted(fpr, grid, side="right") - 1
     return np.where(at >= 0, tpr[np.clip(at, 0, None)], 0.0)
-
-
-EVALUATION = Evaluation(
-    name="membership",
-    config=MembershipConfig,
-    run=run,
-    job_type="membership",
-    summary=summary,
-    report=report,
-    holdout=holdout,
-    check=check,
-)

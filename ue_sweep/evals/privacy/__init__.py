@@ -1,2 +1,14 @@
 """DP-SGD victims (Opacus) on possibly imbalanced data: DP-safe models, the private training
 loop, and the evaluation (``evaluation.py``)."""
+
+from ue_sweep.evals.privacy.config import PrivacyConfig
+from ue_sweep.evals.registry import Evaluation, lazy
+
+EVALUATION = Evaluation(
+    name="privacy",
+    config=PrivacyConfig,
+    run=lazy("ue_sweep.evals.privacy.evaluation:run"),
+    job_type="privacy",
+    summary=lazy("ue_sweep.evals.privacy.evaluation:summary"),
+    report=lazy("ue_sweep.evals.privacy.evaluation:report"),
+)

@@ -18,48 +18,24 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ue_sweep.config import setting
 from ue_sweep.evals.context import EvalContext, TrainedVictim
+from ue_sweep.evals.privacy.config import PrivacyConfig
 from ue_sweep.evals.privacy.training import PrivacySpec, train_private_classifier
-from ue_sweep.evals.registry import Evaluation
 from ue_sweep.report.section import EvalOutcome, ReportSection
 from ue_sweep.report.stats import Stat, percent
 from ue_sweep.runtime.seeding import derive_seed
-from ue_sweep.uc.controls import CONTROLS, control_noises
+from ue_sweep.uc.controls import control_noises
 from ue_sweep.uc.noise import apply_cluster_noise
 
-ACCOUNTANTS = ("prv", "rdp")
 CURVES_PNG = "privacy_vs_epsilon.png"
 RECALL_PNG = "privacy_recall.png"
 CONDITIONS = ("clean", "protected", "control")
-
-
-@dataclass
-class PrivacyConfig:
-    # Target epsilons of the DP victims; inf: the same recipe without noise or clipping.
-    epsilons: list[float] = setting([1.0, 3.0, 8.0, math.inf], gt=0.0)  # noqa: RUF009
-    # null: 1 / (10 N), N the training set size.
-    delta: float | None = setting(None, gt=0.0, lt=1.0)
-    # Per-sample gradient clipping bound (L2, flat over all parameters).
-    max_grad_norm: float = setting(1.0, gt=0.0)
-    accountant: str = setting("prv", one_of=ACCOUNTANTS)
-    # Largest batch one forward-backward pass takes (memory only; Opacus' BatchSplittingSampler).
-    physical_batch: int = setting(256, ge=1)
-    # The control to train DP victims on; null: the strongest of `controls` (lowest non-private
-    # victim accuracy; the victims evaluation's when it ran before).
-    control: str | None = setting(None, one_of=CONTROLS)
-    controls: list[str] = setting(list(CONTROLS), one_of=CONTROLS)  # noqa: RUF009
-    # DP-SGD recipe overrides of the victim's (null: `victim.<key>`); DP-SGD often wants larger
-    # batches, more epochs and a larger learning rate than plain SGD.
-    epochs: int | None = setting(None, ge=1)
-    batch_size: int | None = setting(None, ge=1)
-    lr: float | None = setting(None, gt=0.0)
 
 
 def eps_text(epsilon: float) -> str:
@@ -387,13 +363,3 @@ def _plot_recall(per_row: Mapping[str, Any], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize="small", loc="best")
     fig.savefig(path, dpi=150)
-
-
-EVALUATION = Evaluation(
-    name="privacy",
-    config=PrivacyConfig,
-    run=run,
-    job_type="privacy",
-    summary=summary,
-    report=report,
-)

@@ -23,14 +23,14 @@ from typing import Any
 
 import torch
 
-from ue_sweep.config import RootConfig, setting
+from ue_sweep.config import RootConfig
 from ue_sweep.data.splits import ImageSplits
 from ue_sweep.errors import ConfigError
 from ue_sweep.evals.context import EvalContext
 from ue_sweep.evals.membership.metrics import attack_metrics
 from ue_sweep.evals.membership.scores import SCORES
-from ue_sweep.evals.registry import Evaluation
 from ue_sweep.evals.unlearning.aggregate import accuracy, majority_vote, mean_posterior
+from ue_sweep.evals.unlearning.config import CONDITIONS, DEFAULT_REQUESTS, UnlearningConfig
 from ue_sweep.evals.unlearning.ensemble import Fit, SisaTrainer
 from ue_sweep.evals.unlearning.partition import (
     Partition,
@@ -46,28 +46,8 @@ from ue_sweep.report.section import EvalOutcome, ReportSection
 from ue_sweep.report.stats import Stat
 from ue_sweep.runtime.seeding import generator
 
-CONDITIONS = ("clean", "protected")
 ATTACKS = ("loss", "confidence")
 TARGETS = ("ensemble", "shard")
-DEFAULT_REQUESTS = 16
-
-
-@dataclass
-class UnlearningConfig:
-    # Disjoint shards (one constituent model each) and slices per shard (one checkpoint each).
-    shards: int = setting(4, ge=1)
-    slices: int = setting(3, ge=1)
-    # A constituent's budget in epochs over its whole shard, spread over its cumulative slices
-    # as Bourtoule et al.: 2e/(R+1) epochs per slice (sisa/partition.py). null: victim.epochs.
-    epochs: int | None = setting(None, ge=1)
-    # SISA on clean data and on the UC-protected set: does protection change what is forgotten?
-    conditions: list[str] = setting(list(CONDITIONS), one_of=CONDITIONS)  # noqa: RUF009
-    # Seeded random training points to forget, unless `request_file` names them (indices into
-    # the training split after the hold-out; whitespace or comma separated, `#` comments).
-    requests: int = setting(DEFAULT_REQUESTS, ge=1)
-    request_file: str | None = None
-    # Share of the training split held out as never-seen reference points for the attacks.
-    holdout_fraction: float = setting(0.1, gt=0.0, lt=1.0)
 
 
 def _budget(cfg: UnlearningConfig, root: RootConfig) -> int:
@@ -417,16 +397,3 @@ def report(groups: Mapping[str, Sequence[EvalOutcome]]) -> ReportSection | None:
         csv_name="unlearning.csv",
         label_columns=2,
     )
-
-
-EVALUATION = Evaluation(
-    name="unlearning",
-    config=UnlearningConfig,
-    run=run,
-    job_type="unlearning",
-    summary=summary,
-    report=report,
-    holdout=lambda cfg: cfg.holdout_fraction,
-    check=check,
-    check_data=check_data,
-)

@@ -9,17 +9,15 @@ noise with UC's cluster structure and energy (``uc/controls.py``). Its outcome i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ue_sweep.config import setting
 from ue_sweep.evals.context import EvalContext
-from ue_sweep.evals.registry import Evaluation
+from ue_sweep.evals.victims.config import VictimsConfig
 from ue_sweep.report.stats import percent
 from ue_sweep.runtime.tracking import atomic_torch_save
-from ue_sweep.uc.controls import CONTROLS, control_noises, rms
+from ue_sweep.uc.controls import control_noises, rms
 from ue_sweep.uc.noise import apply_cluster_noise
 
 _ROWS = 512
@@ -31,14 +29,6 @@ LABELS = {
     "sign": "sign-noise control",
     "untrained": "untrained-generator ctl",
 }
-
-
-@dataclass
-class VictimsConfig:
-    # Victims on control noise with UC's cluster structure (uc/controls.py): `uniform` in
-    # [-eps, eps]; `sign` (random +-1 per pixel) and `untrained` (the generator bank before
-    # training) scaled to the UC noise's energy per cluster.
-    controls: list[str] = setting(list(CONTROLS), one_of=CONTROLS)  # noqa: RUF009 (a factory)
 
 
 def _energy(
@@ -144,13 +134,3 @@ def summary(record: Mapping[str, Any], m: Mapping[str, Any]) -> Sequence[str]:
     )
     lines.append(f"  drop (clean - protected): {100 * m['accuracy_drop']:.1f} points{gap}")
     return lines
-
-
-EVALUATION = Evaluation(
-    name="victims",
-    config=VictimsConfig,
-    run=run,
-    job_type="victim",
-    summary=summary,
-    victim_labels=lambda cfg: ["clean", "protected", *cfg.controls],
-)

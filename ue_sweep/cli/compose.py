@@ -1,0 +1,98 @@
+"""What every entry point sets up before Hydra composes a config: the schema, the resolvers,
+the launchers, and numeric config-group choices (``batch_size=256``)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import cache
+from importlib import resources
+
+from omegaconf import OmegaConf
+
+from ue_sweep.cli.validation import register_schemas
+from ue_sweep.runtime.env import env_from_launcher
+
+
+@cache
+def numeric_groups() -> frozenset[str]:
+    """Config groups whose option names are numbers (``batch_size``, ``clusters``)."""
+    conf = resources.files("ue_sweep.conf")
+    return frozenset(
+        group.name
+        for group in conf.iterdir()
+        if group.is_dir()
+        and (
+            stems := [
+                f.name.removesuffix(".yaml") for f in group.iterdir() if f.name.endswith(".yaml")
+            ]
+        )
+        and all(stem.isdigit() for stem in stems)
+    )
+
+
+def quote_numeric_choices(args: Sequence[str]) -> list[str]:
+    """Let ``batch_size=256`` and ``-m clusters=5,10`` pick numeric config-group options.
+
+    Hydra's override parser reads ``256`` as an integer and refuses it as a group choice; the
+    documented workaround is quoting (``batch_size='"256"'``), which this does for the user.
+    """
+    pattern = re.compile(r"^(?P<group>[\w/]+)=(?P<values>\d+(?:,\d+)*)$")
+    out = []
+    for arg in args:
+        match = pattern.match(arg)
+        if match and match["group"] in numeric_groups():
+            values = ",".join(f'"{v}"' for v in match["values"].split(","))
+            arg = f"{match['group']}={values}"
+        out.append(arg)
+    return out
+
+
+def launcher_rank() -> int:
+    env = env_from_launcher()
+    return env.rank if env is not None else 0
+
+
+def _register_resolvers() -> None:
+    # `eps: ${div:16,255}` reads like the papers write it.
+    OmegaConf.register_new_resolver("div", lambda a, b: a / b, replace=True)
+    # Ranks started by an external launcher share one Hydra run directory politely.
+    OmegaConf.register_new_resolver(
+        "ue_sweep.rank_zero_only",
+        lambda value: value if launcher_rank() == 0 else None,
+        replace=True,
+    )
+    OmegaConf.register_new_resolver(
+        "ue_sweep.rank_suffix",
+        lambda: "" if launcher_rank() == 0 else f".rank{launcher_rank()}",
+        replace=True,
+    )
+
+
+def _register_launchers() -> None:
+    """Make ue-sweep's launchers known to Hydra.
+
+    Hydra finds plugins by scanning the ``hydra_plugins`` namespace package, which misses editable
+    installs; registering the classes explicitly works for every kind of install. The configs
+    are stored again once Hydra's own are in place (see ``register``).
+    """
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.ue_sweep_launchers.config import register
+    from hydra_plugins.ue_sweep_launchers.launchers import LAUNCHERS
+
+    plugins = Plugins.instance()
+    for launcher in LAUNCHERS:
+        plugins.register(launcher)
+    register()
+
+
+@cache
+def register() -> None:
+    """Make the schema, the resolvers and the launchers known to Hydra (once per process).
+
+    Every entry point calls this before composing a config; importing this module does not.
+    """
+    register_schemas()
+    _register_resolvers()
+    _register_launchers()
