@@ -127,23 +127,94 @@ def test_the_schema_imports_nothing_of_ue_sweep_but_its_errors():
     assert imported <= {"ue_sweep.errors"}, sorted(imported)
 
 
-def test_registries_and_utilities_sit_below_validation_and_the_stages():
+# Folders are layers, top to bottom; a module imports only from its own layer or those below.
+LAYERS = (
+    ("entry points", ("ue_sweep.__main__", "ue_sweep.cli", "hydra_plugins")),
+    ("sweep operations", ("ue_sweep.ops",)),
+    ("one job", ("ue_sweep.job",)),
+    ("evaluations", ("ue_sweep.evals",)),
+    ("unlearnable clusters", ("ue_sweep.uc",)),
+    ("training", ("ue_sweep.train",)),
+    ("data and models", ("ue_sweep.data", "ue_sweep.models")),
+    ("presentation", ("ue_sweep.report",)),
+    ("storage", ("ue_sweep.store",)),
+    ("runtime", ("ue_sweep.runtime",)),
+    ("schema", ("ue_sweep.config", "ue_sweep.errors")),
+    ("standalone LSF backend", ("submitit_lsf",)),
+)
+
+
+def layer_of(module: str) -> int | None:
+    for index, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return index
+    return None
+
+
+def test_every_module_has_a_layer():
+    unplaced = [m for m in import_graph() if m != "ue_sweep" and layer_of(m) is None]
+    assert not unplaced, unplaced
+
+
+def test_no_import_runs_back_up_the_layers():
+    upward = [
+        f"{module} ({LAYERS[layer_of(module)][0]}) imports {dep} ({LAYERS[layer_of(dep)][0]})"
+        for module, deps in sorted(import_graph().items())
+        if layer_of(module) is not None
+        for dep in sorted(deps)
+        if layer_of(dep) is not None and layer_of(dep) < layer_of(module)
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert layer_of("ue_sweep.evals.victims.config") < layer_of("ue_sweep.uc.noise")
+    assert layer_of("ue_sweep.cli.main") == 0 and layer_of("submitit_lsf.script") == 11
+
+
+def test_the_lsf_backend_imports_nothing_of_ue_sweep():
     graph = import_graph()
-    below = ("ue_sweep.config", "ue_sweep.data.registry", "ue_sweep.models.classifiers")
-    above = {
-        "ue_sweep.cli.validation",
-        "ue_sweep.job.pipeline",
-        "ue_sweep.job.run",
-        "ue_sweep.cli.main",
-    }
+    for module, deps in graph.items():
+        if module.startswith("submitit_lsf"):
+            assert all(d.startswith("submitit_lsf") for d in deps), (module, deps)
 
-    def reachable(start: str) -> set[str]:
-        seen, todo = set(), [start]
-        while todo:
-            for nxt in graph[todo.pop()] - seen:
-                seen.add(nxt)
-                todo.append(nxt)
-        return seen
 
-    for module in below:
-        assert not reachable(module) & above, (module, sorted(reachable(module) & above))
+# A refused command line, --help and the sub-commands' help answer without these.
+HEAVY = ("torch", "torchvision", "sklearn", "matplotlib", "wandb", "medmnist", "opacus")
+
+_CHECK_PATH = """
+import sys
+from ue_sweep.cli import main
+from ue_sweep.cli.compose import register
+from ue_sweep.cli.preflight import check_command_line
+from ue_sweep.errors import UserError
+
+register()
+try:
+    check_command_line(["batch_size.per_device=-1"])
+except UserError:
+    pass
+else:
+    raise SystemExit("the command line was not refused")
+for sub in ("status", "cancel", "report"):
+    sys.argv = ["ue-sweep", sub, "--help"]
+    try:
+        main.main()
+    except SystemExit:
+        pass
+print("heavy:" + ",".join(m for m in {heavy} if m in sys.modules))
+"""
+
+
+def test_the_command_lines_check_path_imports_no_heavy_library():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _CHECK_PATH.format(heavy=HEAVY)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "heavy:", out.stdout[-300:]

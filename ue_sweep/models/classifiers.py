@@ -78,7 +78,7 @@ def resnet(name: str, in_channels: int, stem: str, dp_safe: bool = False) -> tup
     import torchvision
 
     if dp_safe:
-        from ue_sweep.evals.privacy.models import safe_resnet
+        from ue_sweep.models.dp_safe import safe_resnet
 
         net = safe_resnet(name)
     else:
@@ -111,7 +111,7 @@ def build_classifier(
         body, dim = resnet(spec.arch, in_channels, stem, dp_safe)
     model = FeatureClassifier(body, dim, num_classes, normalize=normalize, input_size=input_size)
     if dp_safe:
-        from ue_sweep.evals.privacy.models import make_dp_safe
+        from ue_sweep.models.dp_safe import make_dp_safe
 
         model = make_dp_safe(model)
     return model

@@ -1,4 +1,4 @@
-"""DP-SGD victims (Opacus) on possibly imbalanced data: DP-safe models, the private training
+"""DP-SGD victims (Opacus) on possibly imbalanced data: the private training
 loop, and the evaluation (``evaluation.py``)."""
 
 from ue_sweep.evals.privacy.config import PrivacyConfig
