@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import ddp, generators, gpu, input_pipeline, sweep
+from benchmarks import cli_latency, ddp, generators, gpu, input_pipeline, sweep
 from benchmarks.rows import Row, table
 from benchmarks.timing import load_average, machine
 from ue_sweep.config import TrainerConfig
@@ -61,13 +61,14 @@ def _items(s: dict) -> dict[str, Callable[[], tuple[list[Row], dict]]]:
         "4": lambda: ddp.run(s["ddp_epochs"]),
         "5": sweep.run,
         "6": gpu.run,
+        "7": cli_latency.run,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
-    parser.add_argument("--only", default="1,2,3,4,5,6", help="items to run, e.g. 1,3")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="items to run, e.g. 1,3")
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
     torch.set_num_threads(THREADS)
