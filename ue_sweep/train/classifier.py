@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from ue_sweep.config import AugmentConfig, TrainingConfig
-from ue_sweep.data.batches import batch_source
+from ue_sweep.data.batches import Batch, batch_source
 from ue_sweep.data.placement import ON_DEVICE, Placement
 from ue_sweep.models.classifiers import FeatureClassifier
 from ue_sweep.runtime.distributed import Runtime
-from ue_sweep.runtime.preemption import preemptible
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.store.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
 from ue_sweep.train.evaluate import EvalResult, class_counts, evaluate
+from ue_sweep.train.loop import EpochClose, EpochLoop
 from ue_sweep.train.recipes import VictimRecipe
 
 EVAL_BATCH = 512
@@ -59,6 +59,28 @@ class EpochRecord:
             seconds=time.perf_counter() - started,
             test_worst_class_accuracy=None if test is None else test.worst_class_accuracy,
         )
+
+    def shown(self) -> dict[str, Any]:
+        """The epoch's values on the progress line."""
+        return {
+            "loss": self.train_loss,
+            "train_acc": self.train_accuracy,
+            "test_acc": "-" if self.test_accuracy is None else self.test_accuracy,
+        }
+
+
+def step_sums(
+    loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """A step's ``[loss sum, correct, samples]`` in float64 (``loss``: the batch mean)."""
+    n = labels.numel()
+    return torch.stack(
+        [
+            loss.detach().double() * n,
+            (logits.argmax(1) == labels).sum().double(),
+            torch.tensor(float(n), device=device, dtype=torch.float64),
+        ]
+    ).to(device)
 
 
 def evaluation_due(cfg: TrainingConfig, epoch: int) -> bool:
@@ -207,59 +229,42 @@ def train_classifier(
         **({"snapshots": snapshots} if snapshots.epochs else {}),
     )
     # running sums: [sum of per-sample losses, correct, samples] of the epoch on this rank
-    loop = resumable.start(num_sums=3, device=rt.device)
-    start_epoch, start_step, sums = loop.epoch, loop.step, loop.sums
-    history = [EpochRecord(**r) for r in loop.history]
-
-    def save(epoch: int, step: int) -> None:
-        resumable.save_at(loop, epoch, step, [asdict(r) for r in history])
-
+    epochs = EpochLoop(resumable, rt, progress, name, cfg.epochs, len(stream), num_sums=3)
+    loop = epochs.start()
+    lr = optimizer.param_groups[0]["lr"]
     test: EvalResult | None = None
-    with progress.stage(name, cfg.epochs * len(stream), cfg.epochs) as bar:
-        bar.advance(start_epoch * len(stream) + start_step)
-        for epoch in range(start_epoch, cfg.epochs):
-            epoch_start = time.perf_counter()
-            first_step = start_step if epoch == start_epoch else 0
-            model.train()
-            recipe.begin_epoch(epoch, model, train_images, train_labels, rt, select=first_step == 0)
-            lr = optimizer.param_groups[0]["lr"]
-            batches = stream.epoch(epoch, first_step)
-            for batch in preemptible(batches, first_step, rt, lambda s, e=epoch: save(e, s)):
-                loss, logits = recipe.loss(ddp, batch, rt)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                n = batch.labels.numel()
-                sums += torch.stack(
-                    [
-                        loss.detach().double() * n,
-                        (logits.argmax(1) == batch.labels).sum().double(),
-                        torch.tensor(float(n), device=rt.device, dtype=torch.float64),
-                    ]
-                )
-                bar.advance()
-            recipe.end_epoch(epoch, rt)
-            totals = rt.all_reduce_sum(sums).tolist()
-            sums.zero_()
-            evaluated = evaluation_due(cfg, epoch)
-            if evaluated:
-                # DDP broadcast rank 0's BN statistics before the last step, which then moved
-                # each rank's own: evaluate every rank with their average.
-                rt.average_buffers(model)
-                test = evaluate(
-                    model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts
-                )
-            record = EpochRecord.close(epoch, totals, test if evaluated else None, lr, epoch_start)
-            history.append(record)
-            snapshots.take(epoch, model, rt, averaged=evaluated)
-            save(epoch + 1, 0)
-            bar.epoch_done(
-                epoch,
-                loss=record.train_loss,
-                train_acc=record.train_accuracy,
-                test_acc="-" if record.test_accuracy is None else record.test_accuracy,
+
+    def batches(epoch: int, first_step: int) -> Iterable[Batch]:
+        nonlocal lr
+        model.train()
+        recipe.begin_epoch(epoch, model, train_images, train_labels, rt, select=first_step == 0)
+        lr = optimizer.param_groups[0]["lr"]
+        return stream.epoch(epoch, first_step)
+
+    def step(batch: Batch, sums: torch.Tensor) -> None:
+        loss, logits = recipe.loss(ddp, batch, rt)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        sums += step_sums(loss, logits, batch.labels, rt.device)
+
+    def close(epoch: int, totals: torch.Tensor, started: float) -> EpochClose:
+        nonlocal test
+        recipe.end_epoch(epoch, rt)
+        evaluated = evaluation_due(cfg, epoch)
+        if evaluated:
+            # DDP broadcast rank 0's BN statistics before the last step, which then moved
+            # each rank's own: evaluate every rank with their average.
+            rt.average_buffers(model)
+            test = evaluate(
+                model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts
             )
+        record = EpochRecord.close(epoch, totals.tolist(), test if evaluated else None, lr, started)
+        snapshots.take(epoch, model, rt, averaged=evaluated)
+        return EpochClose(asdict(record), record.shown())
+
+    epochs.run(loop, batches, step, close)
     if test is None:  # resumed after the last epoch had finished
         test = evaluate(model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts)
     return TrainResult(
@@ -270,7 +275,7 @@ def train_classifier(
         seconds=loop.seconds,
         sync_batchnorm=sync_bn,
         average_last=cfg.average_last,
-        history=history,
+        history=[EpochRecord(**r) for r in loop.history],
         defense=recipe.summary() if defended else None,
         snapshots=snapshots.states,
     )

@@ -20,7 +20,7 @@ augmented (crop and flip move the noise with the image), as a victim sees the pu
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,14 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from ue_sweep.config import AugmentConfig, BatchSizeConfig, GeneratorConfig
-from ue_sweep.data.batches import Augmenter, batch_source
+from ue_sweep.data.batches import Augmenter, Batch, batch_source
 from ue_sweep.data.placement import ON_DEVICE, Placement
 from ue_sweep.models.classifiers import FeatureClassifier
 from ue_sweep.models.generators import GeneratorBank
 from ue_sweep.runtime.distributed import Runtime
-from ue_sweep.runtime.preemption import preemptible
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.store.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
+from ue_sweep.train.loop import EpochClose, EpochLoop
 from ue_sweep.uc.clustering import Clusters
 from ue_sweep.uc.monitor import NoiseMonitor
 
@@ -162,12 +162,9 @@ def train_generators(
     k = clusters.k
     resumable = Resumable(checkpoint, bank=bank, optimizer=optimizer, schedule=schedule)
     # running sums of the epoch on this rank: KL per generator [k], items per generator [k]
-    loop = resumable.start(num_sums=2 * k, device=rt.device)
-    start_epoch, start_step, sums = loop.epoch, loop.step, loop.sums
+    epochs = EpochLoop(resumable, rt, progress, "generators", cfg.epochs, len(stream), 2 * k)
+    loop = epochs.start()
     history: list[dict[str, Any]] = loop.history
-
-    def save(epoch: int, step: int) -> None:
-        resumable.save_at(loop, epoch, step, history)
 
     def measure() -> dict[str, float]:
         started = time.perf_counter()
@@ -182,40 +179,40 @@ def train_generators(
         history.append({"epoch": -1, "loss": None, **measure()})
         progress.info("generators before training: %s", _describe(history[0]))
 
-    with progress.stage("generators", cfg.epochs * len(stream), cfg.epochs) as bar:
-        bar.advance(start_epoch * len(stream) + start_step)
-        for epoch in range(start_epoch, cfg.epochs):
-            first_step = start_step if epoch == start_epoch else 0
-            batches = stream.epoch(epoch, first_step)
-            if augmenter is not None:
-                augmenter.set_epoch(epoch)
-            for step in preemptible(batches, first_step, rt, lambda s, e=epoch: save(e, s)):
-                noise = ddp()
-                kl_sums, counts, grad = uc_loss_grad(
-                    surrogate,
-                    step.images,
-                    step.labels,
-                    noise,
-                    target_probs,
-                    cfg.scope,
-                    cfg.chunk_size,
-                    rt,
-                    indices=step.indices,
-                    augment=augmenter,
-                )
-                optimizer.zero_grad(set_to_none=True)
-                noise.backward(grad)
-                optimizer.step()
-                schedule.step()
-                sums += torch.cat([kl_sums, counts])
-                bar.advance()
-            kl_total, count_total = rt.all_reduce_sum(sums).view(2, k)
-            sums.zero_()
-            present = count_total > 0
-            loss = float((kl_total[present] / count_total[present]).mean())
-            history.append({"epoch": epoch, "loss": loss, **measure()})
-            save(epoch + 1, 0)
-            bar.epoch_done(epoch, **_shown(history[-1]))
+    def batches(epoch: int, first_step: int) -> Iterable[Batch]:
+        epoch_batches = stream.epoch(epoch, first_step)
+        if augmenter is not None:
+            augmenter.set_epoch(epoch)
+        return epoch_batches
+
+    def step(batch: Batch, sums: torch.Tensor) -> None:
+        noise = ddp()
+        kl_sums, counts, grad = uc_loss_grad(
+            surrogate,
+            batch.images,
+            batch.labels,
+            noise,
+            target_probs,
+            cfg.scope,
+            cfg.chunk_size,
+            rt,
+            indices=batch.indices,
+            augment=augmenter,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        noise.backward(grad)
+        optimizer.step()
+        schedule.step()
+        sums += torch.cat([kl_sums, counts])
+
+    def close(epoch: int, totals: torch.Tensor, started: float) -> EpochClose:
+        kl_total, count_total = totals.view(2, k)
+        present = count_total > 0
+        loss = float((kl_total[present] / count_total[present]).mean())
+        record = {"epoch": epoch, "loss": loss, **measure()}
+        return EpochClose(record, _shown(record))
+
+    epochs.run(loop, batches, step, close)
     # Throughput counts training only, not the monitor's passes.
     seconds = loop.seconds - sum(h["monitor_s"] for h in history)
     samples = stream.samples_per_epoch * rt.world_size * cfg.epochs

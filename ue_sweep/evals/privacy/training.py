@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,12 +38,18 @@ from ue_sweep.config import AugmentConfig, TrainingConfig
 from ue_sweep.data.batches import Augmenter
 from ue_sweep.models.classifiers import FeatureClassifier
 from ue_sweep.runtime.distributed import Runtime
-from ue_sweep.runtime.preemption import preemptible
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.runtime.seeding import generator
 from ue_sweep.store.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
-from ue_sweep.train.classifier import EVAL_BATCH, EpochRecord, TrainResult, evaluation_due
+from ue_sweep.train.classifier import (
+    EVAL_BATCH,
+    EpochRecord,
+    TrainResult,
+    evaluation_due,
+    step_sums,
+)
 from ue_sweep.train.evaluate import EvalResult, class_counts, evaluate, input_dtype
+from ue_sweep.train.loop import EpochClose, EpochLoop
 from ue_sweep.train.recipes import upcast
 
 #: the clipping bound of ``epsilon = inf``: every per-sample factor min(1, C / norm) is exactly 1
@@ -159,7 +164,7 @@ def train_private_classifier(
     steps_per_epoch, q, total_steps = sampling(n, cfg.batch_size, cfg.epochs)
     sigma = noise_multiplier(spec, q, total_steps)
     train_counts = class_counts(train_labels, num_classes)
-    batches = PoissonBatches(n, q, steps_per_epoch, rt.rank, rt.world_size, seed)
+    logical_batches = PoissonBatches(n, q, steps_per_epoch, rt.rank, rt.world_size, seed)
     augmenter = Augmenter(augment, n, seed)
     noise = generator(seed, "dp-noise")
     # Opacus' distributed path over the job's process group (world size 1 included, one path):
@@ -193,55 +198,41 @@ def train_private_classifier(
         noise=_GeneratorState(noise),
     )
     # running sums: [sum of per-sample losses, correct, samples] of the epoch on this rank
-    loop = resumable.start(num_sums=3, device=rt.device)
-    start_epoch, start_step, sums = loop.epoch, loop.step, loop.sums
-    history = [EpochRecord(**r) for r in loop.history]
-
-    def save(epoch: int, step: int) -> None:
-        resumable.save_at(loop, epoch, step, [asdict(r) for r in history])
-
+    epochs = EpochLoop(resumable, rt, progress, name, cfg.epochs, steps_per_epoch, num_sums=3)
+    loop = epochs.start()
+    lr = optimizer.param_groups[0]["lr"]
     test: EvalResult | None = None
-    with (
-        warnings.catch_warnings(),
-        progress.stage(name, cfg.epochs * steps_per_epoch, cfg.epochs) as bar,
-    ):
-        warnings.filterwarnings("ignore", message=_HOOK_WARNING)
-        bar.advance(start_epoch * steps_per_epoch + start_step)
-        for epoch in range(start_epoch, cfg.epochs):
-            epoch_start = time.perf_counter()
-            first_step = start_step if epoch == start_epoch else 0
-            model.train()
-            augmenter.set_epoch(epoch)
-            lr = optimizer.param_groups[0]["lr"]
-            logical = batches.epoch(epoch, first_step)
-            for local in preemptible(logical, first_step, rt, lambda s, e=epoch: save(e, s)):
-                chunks = BatchSplittingSampler(
-                    sampler=[local.tolist()],
-                    max_batch_size=spec.physical_batch,
-                    optimizer=dp_optimizer,
-                )
-                for chunk in chunks:
-                    sums += _physical_step(
-                        module, dp_optimizer, chunk, train_images, train_labels, augmenter, rt
-                    )
-                schedule.step()
-                bar.advance()
-            totals = rt.all_reduce_sum(sums).tolist()
-            sums.zero_()
-            evaluated = evaluation_due(cfg, epoch)
-            if evaluated:
-                test = evaluate(
-                    model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts
-                )
-            record = EpochRecord.close(epoch, totals, test if evaluated else None, lr, epoch_start)
-            history.append(record)
-            save(epoch + 1, 0)
-            bar.epoch_done(
-                epoch,
-                loss=record.train_loss,
-                train_acc=record.train_accuracy,
-                test_acc="-" if record.test_accuracy is None else record.test_accuracy,
+
+    def batches(epoch: int, first_step: int) -> Iterable[torch.Tensor]:
+        nonlocal lr
+        model.train()
+        augmenter.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        return logical_batches.epoch(epoch, first_step)
+
+    def step(local: torch.Tensor, sums: torch.Tensor) -> None:
+        chunks = BatchSplittingSampler(
+            sampler=[local.tolist()], max_batch_size=spec.physical_batch, optimizer=dp_optimizer
+        )
+        for chunk in chunks:
+            sums += _physical_step(
+                module, dp_optimizer, chunk, train_images, train_labels, augmenter, rt
             )
+        schedule.step()
+
+    def close(epoch: int, totals: torch.Tensor, started: float) -> EpochClose:
+        nonlocal test
+        evaluated = evaluation_due(cfg, epoch)
+        if evaluated:
+            test = evaluate(
+                model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts
+            )
+        record = EpochRecord.close(epoch, totals.tolist(), test if evaluated else None, lr, started)
+        return EpochClose(asdict(record), record.shown())
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_HOOK_WARNING)
+        epochs.run(loop, batches, step, close)
     if test is None:  # resumed after the last epoch had finished
         test = evaluate(model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts)
     result = TrainResult(
@@ -252,7 +243,7 @@ def train_private_classifier(
         seconds=loop.seconds,
         sync_batchnorm=False,
         average_last=cfg.average_last,
-        history=history,
+        history=[EpochRecord(**r) for r in loop.history],
     )
     privacy = {
         "target_epsilon": spec.epsilon if spec.private else "inf",
@@ -298,11 +289,4 @@ def _physical_step(
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    k = float(len(idx))
-    return torch.stack(
-        [
-            loss.detach().double() * k,
-            (logits.argmax(1) == y).sum().double(),
-            torch.tensor(k, dtype=torch.float64, device=logits.device),
-        ]
-    ).to(rt.device)
+    return step_sums(loss, logits, y, rt.device)
