@@ -21,10 +21,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from ue_sweep.cli.failures import one_line, resume_command
 from ue_sweep.cli.preflight import check_command_line
 from ue_sweep.cli.summary import format_summary
 from ue_sweep.cli.validation import register_schemas, to_root_config
-from ue_sweep.errors import UserError
+from ue_sweep.errors import MachineError, UserError
 from ue_sweep.job.run import run_job
 from ue_sweep.runtime.distributed import env_from_launcher
 from ue_sweep.runtime.loggers import JobIdentity
@@ -152,6 +153,10 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
             print(err, file=sys.stderr)
             raise SystemExit(2) from err
         raise
+    except MachineError as err:
+        # Recorded by the job; Hydra prints this one line (exit 1), the traceback goes to the log.
+        resume = resume_command(sys.argv[1:], job_dir, multirun)
+        raise one_line(err, job_dir / f"{hydra_cfg.job.name}.log", resume) from None
     if record is None:
         return None
     log.info("\n%s", format_summary(record, str(recorder.path)))
