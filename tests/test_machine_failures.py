@@ -127,8 +127,8 @@ def test_the_resume_command_finds_the_same_job(tmp_path, monkeypatch):
     )
 
 
-# The real command with a full disk where the surrogate's weights are saved: the test double
-# (os.fsync raising ENOSPC for that file) is installed before ue-sweep's main runs.
+# The real command with a full disk where the surrogate's weights are saved (its checkpoint): the
+# test double (os.fsync raising ENOSPC for that file) is installed before ue-sweep's main runs.
 FULL_DISK_AT_SURROGATE = """
 import errno, os, sys
 from ue_sweep.runtime import tracking
@@ -146,7 +146,7 @@ main()
 
 @pytest.mark.slow
 def test_a_job_on_a_full_disk_ends_in_one_line_and_records_it(tmp_path: Path):
-    args = [*SMOKE, "trainer.progress=none", "hydra.run.dir=job"]
+    args = [*SMOKE, "hydra.run.dir=job"]
     proc = subprocess.run(
         [sys.executable, "-c", FULL_DISK_AT_SURROGATE, *args],
         cwd=tmp_path,
@@ -158,7 +158,9 @@ def test_a_job_on_a_full_disk_ends_in_one_line_and_records_it(tmp_path: Path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
     job = tmp_path / "job"
-    assert line.startswith(f"cannot write {job.absolute() / 'surrogate.pt'}: no space left")
+    # the surrogate's first checkpoint, written during its fit
+    checkpoint = job.absolute() / "checkpoints" / "surrogate.pt"
+    assert line.startswith(f"cannot write {checkpoint}: no space left on device (")
     assert "free there," in line and "needed); traceback in" in line
     assert line.endswith(f"resume with: ue-sweep {' '.join(args)}")
     record = json.loads((job / "result.json").read_text())

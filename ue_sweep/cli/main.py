@@ -154,9 +154,14 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
             raise SystemExit(2) from err
         raise
     except MachineError as err:
-        # Recorded by the job; Hydra prints this one line (exit 1), the traceback goes to the log.
+        # Recorded by the job; one line in the terminal, the traceback in the job's log. In a
+        # multirun Hydra names the failing job after the others ran.
         resume = resume_command(sys.argv[1:], job_dir, multirun)
-        raise one_line(err, job_dir / f"{hydra_cfg.job.name}.log", resume) from None
+        line = one_line(err, job_dir / f"{hydra_cfg.job.name}.log", resume)
+        if multirun:
+            raise line from None
+        print(line, file=sys.stderr)
+        raise SystemExit(1) from None
     if record is None:
         return None
     log.info("\n%s", format_summary(record, str(recorder.path)))
