@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SMOKE, run_cli
-from ue_sweep.cli.main import quote_numeric_choices
+from tests.conftest import SMOKE, refusal, run_cli
 from ue_sweep.cli.preflight import check_command_line
-from ue_sweep.errors import UserError
 
 SWEEP = "reused"  # UE_SWEEP_NAME of the completed job's sweep
 DONE = f"multirun/{SWEEP}/0"
@@ -215,15 +213,6 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
-def _refusal(args: list[str], cwd: Path, monkeypatch, sweep_name: str) -> str:
-    """The one message ``ue-sweep ARGS`` run in ``cwd`` is refused with (as main() sees it)."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("UE_SWEEP_NAME", sweep_name)
-    with pytest.raises(UserError) as err:
-        check_command_line(quote_numeric_choices(args))
-    return str(err.value)
-
-
 def _where(args: list[str], at_done: bool) -> list[str]:
     if "-m" in args or any(a.startswith("hydra.run.dir") for a in args):
         return []
@@ -241,7 +230,9 @@ def test_bad_input_is_one_line_and_loses_nothing(
     args = [a.replace("{file}", str(workdir / "a-file")) for a in args]
     before = _tree(workdir / "multirun")
     sweep = SWEEP if at_done else "fresh-sweep"
-    message = _refusal([*args, *SMOKE, *_where(args, at_done)], workdir, monkeypatch, sweep)
+    message = refusal(
+        [*args, *SMOKE, *_where(args, at_done)], workdir, monkeypatch, UE_SWEEP_NAME=sweep
+    )
     assert "\n" not in message and expected in message, message
     assert _tree(workdir / "multirun") == before, "the completed job's files are untouched"
     assert not (workdir / "fresh").exists() and not (workdir / "multirun" / "fresh-sweep").exists()
@@ -265,7 +256,7 @@ def test_the_command_refuses_in_one_line_with_exit_2_and_loses_nothing(workdir):
 
 @pytest.mark.parametrize("name", ["../../x", "..", "/tmp/x", "a/../../b", ""])
 def test_a_sweep_name_that_leaves_multirun_is_refused(tmp_path, monkeypatch, name):
-    message = _refusal(["-m", *SMOKE, "seed=0,1"], tmp_path, monkeypatch, name)
+    message = refusal(["-m", *SMOKE, "seed=0,1"], tmp_path, monkeypatch, UE_SWEEP_NAME=name)
     assert message.startswith(f"UE_SWEEP_NAME={name!r} is not accepted; expected a name inside")
     assert not list(tmp_path.iterdir()), "nothing is created"
 
@@ -279,7 +270,7 @@ def test_a_sweep_name_inside_multirun_is_accepted(tmp_path, monkeypatch):
 def test_a_refused_grid_says_each_cause_once_with_the_jobs_it_blocks(tmp_path, monkeypatch):
     data = tmp_path / "no-data"
     args = ["-m", *SMOKE, "dataset=cifar10,pets", "seed=0,1,2", f"paths.data_dir={data}"]
-    lines = _refusal(args, tmp_path, monkeypatch, "grid").splitlines()
+    lines = refusal(args, tmp_path, monkeypatch).splitlines()
     assert lines == [
         f"3 jobs (#0, #1, #2): CIFAR-10 dataset not found: expected cifar10 in {data}; on a "
         f"machine with internet access, run: ue-sweep-data fetch cifar10 --root {data / 'cifar10'}",

@@ -52,7 +52,7 @@ class DatasetFiles:
                     "point dataset.root (or paths.data_dir) at a directory",
                     problem=f"cannot exist: {blocker} is a file, not a directory",
                 )
-            if not self.root.exists():
+            if not self.root.exists() and path.parent != self.root:
                 # Nothing of the dataset is there: fetch it (there is nothing to delete).
                 raise MissingFileError(f"{self.title} dataset", self.root, self._fix(None))
             stale = delete if delete is not None and delete.exists() else None
