@@ -18,6 +18,9 @@ import pytest
 
 from tests.conftest import SMOKE, refusal, run_cli
 from ue_sweep.cli.preflight import check_command_line
+from ue_sweep.config import TrainingConfig
+from ue_sweep.train.classifier import EpochRecord, TrainResult, evaluation_due
+from ue_sweep.train.evaluate import EvalResult
 
 SWEEP = "reused"  # UE_SWEEP_NAME of the completed job's sweep
 DONE = f"multirun/{SWEEP}/0"
@@ -277,3 +280,28 @@ def test_a_refused_grid_says_each_cause_once_with_the_jobs_it_blocks(tmp_path, m
         f"3 jobs (#3, #4, #5): Oxford-IIIT Pet dataset not found: expected pets in {data}; on a "
         f"machine with internet access, run: ue-sweep-data fetch pets --root {data / 'pets'}",
     ]
+
+
+def test_average_last_beyond_the_epochs_is_recorded_as_the_epochs_averaged():
+    """``victim.average_last=100`` on 2-epoch victims: every epoch is tested, and the record says
+    the mean is over 2 (``mean_last.epochs``, the victims' ``averaged_epochs``)."""
+    recipe = TrainingConfig(epochs=2, average_last=100, eval_every=5)
+    assert [evaluation_due(recipe, epoch) for epoch in range(2)] == [True, True]
+    accuracies = {0: 0.25, 1: 0.75}
+    history = [EpochRecord(e, 1.0, 0.5, a, a, 0.1, 1.0, a) for e, a in accuracies.items()]
+    result = TrainResult(
+        test=EvalResult(((1, 0), (0, 1))),
+        per_device_batch=8,
+        global_batch=8,
+        steps_per_epoch=1,
+        seconds=1.0,
+        sync_batchnorm=False,
+        average_last=recipe.average_last,
+        history=history,
+    )
+    assert result.mean_last() == {
+        "epochs": 2,
+        "accuracy": 0.5,
+        "balanced_accuracy": 0.5,
+        "worst_class_accuracy": 0.5,
+    }
