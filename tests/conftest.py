@@ -66,5 +66,23 @@ def run_cli(
     )
 
 
+def refusal(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    """The one message ``ue-sweep ARGS`` run in ``cwd`` is refused with, as ``main`` checks the
+    command line before Hydra starts, in this process: a real command costs seconds to start and
+    adds only its exit status 2 and the line on stderr (tests/test_bad_input.py runs it)."""
+    from ue_sweep.cli.preflight import check_command_line
+    from ue_sweep.errors import UserError
+    from ue_sweep.store.sweep import SWEEP_NAME_ENV, sweep_name
+
+    argv = quote_numeric_choices(args)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv(SWEEP_NAME_ENV, sweep_name(argv))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(UserError) as err:
+        check_command_line(argv)
+    return str(err.value)
+
+
 def read_results(root: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(root.rglob("result.json"))]

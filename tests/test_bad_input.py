@@ -1,9 +1,12 @@
 """Bad command lines: one line, exit 2, nothing trained, and a completed job's files untouched.
 
-Every case runs the real ``ue-sweep`` command. Cases marked ``done`` aim the bad input at the
-directory of a job that completed (as ``hydra.run.dir`` or, in a multirun, as job 0 of a re-used
-``UE_SWEEP_NAME`` sweep); the sweep directory must be byte-identical afterwards. The others use a
-fresh directory, which must not be created. docs/BAD_INPUT.md lists every case.
+Each case goes through the command line's check (``check_command_line``, what ``ue-sweep`` runs
+before Hydra creates anything) in this process: starting the command costs seconds and adds
+nothing the check does not do. One case per kind of entry point runs the real ``ue-sweep``
+command, for the exit status and the single line on stderr. Cases marked ``done`` aim the bad
+input at the directory of a job that completed (as ``hydra.run.dir`` or, in a multirun, as job 0
+of a re-used ``UE_SWEEP_NAME`` sweep); the sweep directory must be byte-identical afterwards. The
+others use a fresh directory, which must not be created. docs/BAD_INPUT.md lists every case.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SMOKE, run_cli
+from tests.conftest import SMOKE, refusal, run_cli
+from ue_sweep.cli.preflight import check_command_line
+from ue_sweep.config import TrainingConfig
+from ue_sweep.train.classifier import EpochRecord, TrainResult, evaluation_due
+from ue_sweep.train.evaluate import EvalResult
 
 SWEEP = "reused"  # UE_SWEEP_NAME of the completed job's sweep
 DONE = f"multirun/{SWEEP}/0"
@@ -157,6 +164,29 @@ CASES = [
         "expected one of: none, exponential, step",
         False,
     ),
+    # issue 23: a store that cannot be created, an evaluation listed twice
+    (
+        "artifact-dir-in-proc",
+        23,
+        ["paths.artifact_dir=/proc/ue"],
+        "cannot create the artifact store (paths.artifact_dir) /proc/ue: /proc:",
+        False,
+    ),
+    (
+        "artifact-dir-under-file",
+        23,
+        ["paths.artifact_dir={file}/store"],
+        "is not a directory",
+        False,
+    ),
+    ("evaluation-twice", 23, ["evals=[victims,victims]"], "(victims listed twice)", False),
+    (
+        "evaluation-twice-in-sweep",
+        23,
+        ["-m", "evals=[victims],[defenses,defenses]"],
+        "(defenses listed twice)",
+        False,
+    ),
     # 8: a dataset root that is a regular file
     (
         "dataset-root-is-file",
@@ -186,24 +216,92 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
+def _where(args: list[str], at_done: bool) -> list[str]:
+    if "-m" in args or any(a.startswith("hydra.run.dir") for a in args):
+        return []
+    return [f"hydra.run.dir={DONE}"] if at_done else ["hydra.run.dir=fresh"]
+
+
 @pytest.mark.parametrize(
     ("item", "args", "expected", "at_done"),
     [case[1:] for case in CASES],
     ids=[case[0] for case in CASES],
 )
-def test_bad_input_is_one_line_exit_2_and_loses_nothing(workdir, item, args, expected, at_done):
+def test_bad_input_is_one_line_and_loses_nothing(
+    workdir, monkeypatch, item, args, expected, at_done
+):
     args = [a.replace("{file}", str(workdir / "a-file")) for a in args]
     before = _tree(workdir / "multirun")
-    where = (
-        []
-        if "-m" in args or any(a.startswith("hydra.run.dir") for a in args)
-        else ([f"hydra.run.dir={DONE}"] if at_done else ["hydra.run.dir=fresh"])
+    sweep = SWEEP if at_done else "fresh-sweep"
+    message = refusal(
+        [*args, *SMOKE, *_where(args, at_done)], workdir, monkeypatch, UE_SWEEP_NAME=sweep
     )
-    env = {"UE_SWEEP_NAME": SWEEP if at_done else "fresh-sweep"}
-    proc = run_cli([*args, *SMOKE, *where], cwd=workdir, timeout=120, **env)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert len(lines) == 1 and expected in lines[0], lines
-    assert "surrogate" not in proc.stdout and "k-means" not in proc.stdout, "nothing trains"
+    assert "\n" not in message and expected in message, message
     assert _tree(workdir / "multirun") == before, "the completed job's files are untouched"
     assert not (workdir / "fresh").exists() and not (workdir / "multirun" / "fresh-sweep").exists()
+
+
+def test_the_command_refuses_in_one_line_with_exit_2_and_loses_nothing(workdir):
+    """The real command, once for a single run and once for a multirun."""
+    before = _tree(workdir / "multirun")
+    for args, sweep, expected in (
+        (["clusters.kk=5", f"hydra.run.dir={DONE}"], SWEEP, "did you mean clusters.k?"),
+        (["-m", "clusters.k=2,1"], "fresh-sweep", "clusters.k=1 is not accepted"),
+    ):
+        proc = run_cli([*args, *SMOKE], cwd=workdir, timeout=120, UE_SWEEP_NAME=sweep)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert len(lines) == 1 and expected in lines[0], lines
+        assert "surrogate" not in proc.stdout and "k-means" not in proc.stdout, "nothing trains"
+    assert _tree(workdir / "multirun") == before, "the completed job's files are untouched"
+    assert not (workdir / "multirun" / "fresh-sweep").exists()
+
+
+@pytest.mark.parametrize("name", ["../../x", "..", "/tmp/x", "a/../../b", ""])
+def test_a_sweep_name_that_leaves_multirun_is_refused(tmp_path, monkeypatch, name):
+    message = refusal(["-m", *SMOKE, "seed=0,1"], tmp_path, monkeypatch, UE_SWEEP_NAME=name)
+    assert message.startswith(f"UE_SWEEP_NAME={name!r} is not accepted; expected a name inside")
+    assert not list(tmp_path.iterdir()), "nothing is created"
+
+
+def test_a_sweep_name_inside_multirun_is_accepted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("UE_SWEEP_NAME", "study/k10-s0")
+    check_command_line(["-m", *SMOKE, "seed=0,1"])
+
+
+def test_a_refused_grid_says_each_cause_once_with_the_jobs_it_blocks(tmp_path, monkeypatch):
+    data = tmp_path / "no-data"
+    args = ["-m", *SMOKE, "dataset=cifar10,pets", "seed=0,1,2", f"paths.data_dir={data}"]
+    lines = refusal(args, tmp_path, monkeypatch).splitlines()
+    assert lines == [
+        f"3 jobs (#0, #1, #2): CIFAR-10 dataset not found: expected cifar10 in {data}; on a "
+        f"machine with internet access, run: ue-sweep-data fetch cifar10 --root {data / 'cifar10'}",
+        f"3 jobs (#3, #4, #5): Oxford-IIIT Pet dataset not found: expected pets in {data}; on a "
+        f"machine with internet access, run: ue-sweep-data fetch pets --root {data / 'pets'}",
+    ]
+
+
+def test_average_last_beyond_the_epochs_is_recorded_as_the_epochs_averaged():
+    """``victim.average_last=100`` on 2-epoch victims: every epoch is tested, and the record says
+    the mean is over 2 (``mean_last.epochs``, the victims' ``averaged_epochs``)."""
+    recipe = TrainingConfig(epochs=2, average_last=100, eval_every=5)
+    assert [evaluation_due(recipe, epoch) for epoch in range(2)] == [True, True]
+    accuracies = {0: 0.25, 1: 0.75}
+    history = [EpochRecord(e, 1.0, 0.5, a, a, 0.1, 1.0, a) for e, a in accuracies.items()]
+    result = TrainResult(
+        test=EvalResult(((1, 0), (0, 1))),
+        per_device_batch=8,
+        global_batch=8,
+        steps_per_epoch=1,
+        seconds=1.0,
+        sync_batchnorm=False,
+        average_last=recipe.average_last,
+        history=history,
+    )
+    assert result.mean_last() == {
+        "epochs": 2,
+        "accuracy": 0.5,
+        "balanced_accuracy": 0.5,
+        "worst_class_accuracy": 0.5,
+    }

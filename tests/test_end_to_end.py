@@ -217,17 +217,15 @@ def _wait_for_log(log: Path, text: str, timeout: float) -> None:
 
 
 def test_a_killed_rank_fails_the_job_and_is_recorded(tmp_path):
+    args = [
+        *SMOKE,
+        "trainer.devices=2",
+        "generator.epochs=200",
+        "trainer.timeout_s=30",
+        "hydra.run.dir=job",
+    ]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ue_sweep",
-            *SMOKE,
-            "trainer.devices=2",
-            "generator.epochs=200",
-            "trainer.timeout_s=30",
-            "hydra.run.dir=job",
-        ],
+        [sys.executable, "-m", "ue_sweep", *args],
         cwd=tmp_path,
         env=ue_sweep_env(),
         stdout=subprocess.PIPE,
@@ -246,7 +244,13 @@ def test_a_killed_rank_fails_the_job_and_is_recorded(tmp_path):
     record = json.loads((tmp_path / "job" / "result.json").read_text())
     assert record["status"] == "failed"
     assert "died (signal SIGKILL)" in record["error"]["message"]
-    assert "died (signal SIGKILL)" in output
+    # An expected end: one line with the rank, the signal and the command that resumes; the
+    # traceback only in the job's log.
+    (line,) = [line for line in output.splitlines() if "died (signal SIGKILL)" in line]
+    assert line.startswith("rank 1 of 2 died (signal SIGKILL)")
+    assert line.endswith(f"resume with: ue-sweep {' '.join(args)}")
+    assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output
+    assert "Traceback" in (tmp_path / "job" / "ue_sweep.log").read_text()
 
 
 def test_torchrun_ranks_share_one_job_and_only_rank_zero_writes(tmp_path):

@@ -144,3 +144,19 @@ def test_a_sweep_over_defenses_trains_the_noise_once(tmp_path):
     for stage in (*UC_STAGES, "victim-none-protected", "victim-none-clean"):
         assert sorted(r["stages"][stage]["status"] for r in records) == ["computed", "reused"]
     assert [list(r["evals"]["defenses"]["methods"])[1] for r in records] == ["jpeg", "posterize"]
+
+
+@pytest.mark.timeout(1800)
+def test_the_smoke_preset_runs_every_evaluation(tmp_path):
+    """The preset a user tries first takes every evaluation without an extra override."""
+    every = "evals=[victims,defenses,learnability,membership,privacy,unlearning]"
+    proc = run_cli(["experiment=smoke", every], cwd=tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = (tmp_path / "outputs").rglob("result.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "completed"
+    assert list(record["evals"]) == every.split("[")[1].rstrip("]").split(",")
+    # victim.average_last=3 over 1-epoch victims: the record says how many epochs it averaged
+    assert record["evals"]["victims"]["averaged_epochs"] == 1
+    # SISA's budget, unset, is the victims' 1 epoch raised to one epoch for each of 3 slices
+    assert record["evals"]["unlearning"]["epochs"] == 2

@@ -457,7 +457,7 @@ def test_a_grid_with_a_missing_dataset_never_reaches_bsub(lsf):
     proc = run_cli([*args, "hydra.sweep.dir=sweep"], cwd=lsf)
     assert proc.returncode == 2, proc.stderr[-3000:]
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("job #1 (") and "CIFAR-10 file not found" in line
+    assert line.startswith("job #1 (") and "CIFAR-10 dataset not found" in line
     assert _bsub_count(lsf) == 0 and not (lsf / "sweep").exists()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SMOKE, run_cli
+from tests.conftest import SMOKE, refusal, run_cli
 from tests.sweep_ops_flow import detached_flow
 from ue_sweep.ops.cancel import main as cancel_main
 from ue_sweep.ops.cancel import record_cancelled
@@ -220,15 +220,18 @@ def test_status_lists_the_grid_of_a_sweep_without_a_table(tmp_path, capsys):
 # -------------------------------------------------------------------- the real command line
 
 
-def test_a_grid_with_one_jobs_data_missing_is_refused_whole_one_line_per_bad_job(tmp_path):
+def test_a_grid_with_one_jobs_data_missing_is_refused_whole_one_line_per_bad_job(
+    tmp_path, monkeypatch
+):
     # Submitted to SLURM (no controller is needed: nothing gets that far); job 1's files are
     # checked here, on the "login node", and job 0 (the embedded digits) is fine.
     args = ["-m", "hydra/launcher=slurm", *SMOKE, "dataset=digits,cifar10,pathmnist"]
-    proc = run_cli([*args, "paths.data_dir=nowhere", "hydra.sweep.dir=sweep"], cwd=tmp_path)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, proc.stderr[-2000:]
+    message = refusal(
+        [*args, "paths.data_dir=nowhere", "hydra.sweep.dir=sweep"], tmp_path, monkeypatch
+    )
+    lines = message.splitlines()
     assert [line.split(" (")[0] for line in lines] == ["job #1", "job #2"], lines
-    assert "dataset=cifar10" in lines[0] and "CIFAR-10 file not found" in lines[0]
+    assert "dataset=cifar10" in lines[0] and "CIFAR-10 dataset not found" in lines[0]
     assert "MedMNIST pathmnist" in lines[1] and "ue-sweep-data fetch pathmnist" in lines[1]
     assert not (tmp_path / "sweep").exists(), "nothing written, nothing submitted"
 
@@ -242,20 +245,18 @@ def test_check_only_prints_the_plan_and_runs_nothing(tmp_path):
     assert not list((tmp_path / "sweep").glob("*/result.json"))
 
 
-def test_detaching_the_in_process_launcher_is_refused(tmp_path):
-    proc = run_cli(["-m", *SMOKE, "hydra.launcher.wait=false", "hydra.sweep.dir=s"], cwd=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == (
+def test_detaching_the_in_process_launcher_is_refused(tmp_path, monkeypatch):
+    args = ["-m", *SMOKE, "hydra.launcher.wait=false", "hydra.sweep.dir=s"]
+    assert refusal(args, tmp_path, monkeypatch) == (
         "hydra.launcher.wait=false needs a launcher that submits the jobs (local, slurm, "
         "slurm_gpu, lsf, summit): the basic launcher runs them in this process"
     )
     assert not (tmp_path / "s").exists()
 
 
-def test_check_only_without_a_multirun_is_refused_not_ignored(tmp_path):
-    proc = run_cli([*SMOKE, "hydra.launcher.check_only=true", "hydra.run.dir=r"], cwd=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == (
+def test_check_only_without_a_multirun_is_refused_not_ignored(tmp_path, monkeypatch):
+    args = [*SMOKE, "hydra.launcher.check_only=true", "hydra.run.dir=r"]
+    assert refusal(args, tmp_path, monkeypatch) == (
         "hydra.launcher.check_only applies to a multirun (ue-sweep -m ...): a single run does "
         "not go through the launcher"
     )

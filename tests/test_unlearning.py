@@ -13,6 +13,7 @@ from ue_sweep.data.holdout import reserve_holdout
 from ue_sweep.data.registry import load_dataset
 from ue_sweep.errors import ConfigError
 from ue_sweep.evals.registry import holdout_fraction
+from ue_sweep.evals.unlearning.evaluation import epoch_budget
 from ue_sweep.job.pipeline import check_against_data
 
 U = "evals.unlearning"
@@ -29,13 +30,28 @@ U = "evals.unlearning"
         (f"{U}.conditions=[dirty]", "a list of distinct values of: clean, protected"),
         # 2e/(R+1) epochs per slice: 4 slices need a budget of at least 3 (2.5) epochs
         (f"{U}.slices=4 {U}.epochs=2", f"{U}.epochs=2 is not accepted; expected at least 3 "),
-        (f"{U}.slices=16", f"{U}.epochs=8 is not accepted"),  # victim.epochs=8 of the demo
     ],
 )
 def test_bad_knobs_are_refused_with_the_config(compose_cfg, override, says):
     with pytest.raises(ConfigError) as err:
         to_root_config(compose_cfg("evals=[unlearning]", *override.split()))
     assert says in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "budget"),
+    [
+        ((f"{U}.slices=16",), 9),  # victim.epochs=8 of the demo: raised to one epoch per slice
+        (("victim.epochs=1",), 2),  # the smoke preset's victims, the default 3 slices
+        (("victim.epochs=5",), 5),
+        ((f"{U}.epochs=4",), 4),
+    ],
+)
+def test_an_unset_budget_is_the_victims_epochs_at_least_one_per_slice(
+    compose_cfg, overrides, budget
+):
+    cfg = to_root_config(compose_cfg("evals=[unlearning]", *overrides))
+    assert epoch_budget(cfg.evals["unlearning"], cfg) == budget
 
 
 @pytest.mark.parametrize(

@@ -38,3 +38,32 @@ class MissingFileError(UserError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.what, self.expected, self.fix, self.problem)
+
+
+class MachineError(CompactHydraException):
+    """An expected failure of the machine, not of the input or the code (a full disk, a killed
+    rank): one line in the terminal, the traceback in the job's log file."""
+
+
+class StorageError(MachineError):
+    """A write failed for lack of space or permission: names the file, the free space there and
+    the size the write needed (None: unknown)."""
+
+    def __init__(self, path: Path, problem: str, free: int | None, needed: int | None) -> None:
+        self.path, self.problem, self.free, self.needed = path, problem, free, needed
+        super().__init__(
+            f"cannot write {path}: {problem} ({_size(free)} free there, {_size(needed)} needed)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path, self.problem, self.free, self.needed)
+
+
+def _size(n: int | None) -> str:
+    """Bytes in the unit a person reads (``1.5 MB``); ``unknown`` for None."""
+    if n is None:
+        return "unknown"
+    if n < 1000:
+        return f"{n} bytes"
+    power = min((len(str(n)) - 1) // 3, 4)
+    return f"{n / 1000**power:.1f} {('KB', 'MB', 'GB', 'TB')[power - 1]}"

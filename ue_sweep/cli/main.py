@@ -18,9 +18,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ue_sweep.cli.compose import launcher_rank, quote_numeric_choices, register
+from ue_sweep.cli.failures import one_line, resume_command
 from ue_sweep.cli.preflight import check_command_line
 from ue_sweep.cli.validation import to_root_config
-from ue_sweep.errors import UserError
+from ue_sweep.errors import MachineError, UserError
 from ue_sweep.runtime.loggers import JobIdentity
 from ue_sweep.runtime.preemption import Interrupted, Preempted
 from ue_sweep.runtime.tracking import ResultRecorder
@@ -72,6 +73,15 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
             print(err, file=sys.stderr)
             raise SystemExit(2) from err
         raise
+    except MachineError as err:
+        # Recorded by the job; one line in the terminal, the traceback in the job's log. In a
+        # multirun Hydra names the failing job after the others ran.
+        resume = resume_command(sys.argv[1:], job_dir, multirun)
+        line = one_line(err, job_dir / f"{hydra_cfg.job.name}.log", resume)
+        if multirun:
+            raise line from None
+        print(line, file=sys.stderr)
+        raise SystemExit(1) from None
     if record is None:
         return None
     log.info("\n%s", format_job_summary(record, str(recorder.path)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,7 +39,13 @@ from ue_sweep.errors import ConfigError, UserError
 from ue_sweep.runtime.env import env_from_launcher
 from ue_sweep.runtime.tracking import RESULT_FILE
 from ue_sweep.store.checkpoint import fingerprint
-from ue_sweep.store.sweep import grid_overrides, plain_override
+from ue_sweep.store.sweep import (
+    SWEEP_NAME_ENV,
+    artifact_dir,
+    check_sweep_name,
+    grid_overrides,
+    plain_override,
+)
 
 # Hydra flags that print something instead of running a job.
 _NOT_A_RUN = ("help", "hydra_help", "cfg", "info", "shell_completion")
@@ -66,6 +73,8 @@ def check_command_line(argv: Sequence[str]) -> None:
         for override in parsed:
             _check_override(override, loader)
         mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
+        if mode == RunMode.MULTIRUN and SWEEP_NAME_ENV in os.environ:
+            check_sweep_name(os.environ[SWEEP_NAME_ENV])
         sweep_only = [o.key_or_group for o in parsed if o.key_or_group in _SWEEP_ONLY]
         if mode == RunMode.RUN and sweep_only:
             raise UserError(
@@ -74,7 +83,7 @@ def check_command_line(argv: Sequence[str]) -> None:
             )
         master = _compose(lambda: loader.load_configuration("config", overrides, mode))
         if mode == RunMode.RUN:
-            _check_creatable(_check_job(master, "run", tasks=1, here=True))
+            _check_job(master, "run", tasks=1, here=True)
             return
         launcher = master.hydra.get("launcher") or {}
         tasks = int(launcher.get("nodes", 1)) * int(launcher.get("tasks_per_node", 1))
@@ -85,13 +94,13 @@ def check_command_line(argv: Sequence[str]) -> None:
                 "hydra.launcher.wait=false needs a launcher that submits the jobs (local, slurm, "
                 "slurm_gpu, lsf, summit): the basic launcher runs them in this process"
             )
-        refused = [
-            problem
-            for num, job in enumerate(grid_overrides(master.hydra))
-            if (problem := _check_sweep_job(loader, master, num, job, tasks, here))
-        ]
+        refused: dict[str, list[tuple[int, Sequence[str]]]] = {}
+        for num, job in enumerate(grid_overrides(master.hydra)):
+            problem = _check_sweep_job(loader, master, num, job, tasks, here)
+            if problem is not None:
+                refused.setdefault(problem, []).append((num, job))
     if refused:
-        raise UserError("\n".join(refused))
+        raise UserError("\n".join(_refusal_lines(refused)))
 
 
 def _check_sweep_job(
@@ -102,15 +111,29 @@ def _check_sweep_job(
     tasks: int,
     here: bool,
 ) -> str | None:
-    """``job #N (overrides): message`` if job ``num`` of a multirun would be refused."""
+    """Why job ``num`` of a multirun would be refused, or None."""
     try:
         cfg = _compose(lambda: loader.load_sweep_config(master, list(job)))
         with open_dict(cfg):
             cfg.hydra.job.num = num
-        _check_creatable(_check_job(cfg, "sweep", tasks, here))
+        _check_job(cfg, "sweep", tasks, here)
     except UserError as err:
-        return f"job #{num} ({' '.join(plain_override(o) for o in job)}): {err}"
+        return str(err)
     return None
+
+
+def _refusal_lines(refused: dict[str, list[tuple[int, Sequence[str]]]]) -> list[str]:
+    """One line per cause: ``job #N (overrides): message`` for one job, or the numbers of the
+    jobs that share it (a missing dataset blocks every job of the grid that uses it)."""
+    lines = []
+    for problem, jobs in refused.items():
+        if len(jobs) == 1:
+            num, job = jobs[0]
+            lines.append(f"job #{num} ({' '.join(plain_override(o) for o in job)}): {problem}")
+        else:
+            nums = ", ".join(f"#{num}" for num, _ in jobs)
+            lines.append(f"{len(jobs)} jobs ({nums}): {problem}")
+    return lines
 
 
 def _one_line(err: BaseException) -> str:
@@ -181,6 +204,9 @@ def _check_override(override: Override, loader: ConfigLoaderImpl) -> None:
             if unknown and not override.is_delete():
                 ordered = sorted(options, key=_option_order)
                 raise ConfigError(key, value, "one of: " + ", ".join(ordered))
+            twice = sorted({str(v) for v in chosen if chosen.count(v) > 1})
+            if twice:
+                raise ConfigError(key, value, f"distinct options ({', '.join(twice)} listed twice)")
     elif not override.is_hydra_override() and not _in_schema(key):
         raise unknown_key_error(key, _values(override)[0] if override.value_type else None)
 
@@ -230,8 +256,8 @@ def _check_keys(config: dict[str, Any], prefix: str = "") -> None:
             _check_keys(value, key + ".")
 
 
-def _check_job(cfg: DictConfig, mode: str, tasks: int, here: bool) -> Path:
-    """Check one composed job (``mode``: ``run`` or ``sweep``); returns its directory.
+def _check_job(cfg: DictConfig, mode: str, tasks: int, here: bool) -> None:
+    """Check one composed job (``mode``: ``run`` or ``sweep``), its directories included.
 
     ``here``: the job runs on this machine, so its devices and files are checked too.
     """
@@ -254,12 +280,15 @@ def _check_job(cfg: DictConfig, mode: str, tasks: int, here: bool) -> Path:
         # A scheduler runs the job elsewhere: its devices are checked there, its files (on the
         # file system the login node shares with the compute nodes) here, before it is queued.
         check_files(root)
-    return job_dir
+    _check_creatable(job_dir, "the job directory")
+    store = "the artifact store" + (" (paths.artifact_dir)" if root.paths.artifact_dir else "")
+    _check_creatable(artifact_dir(root, job_dir), store)
 
 
-def _check_creatable(job_dir: Path) -> None:
-    """Fail as Hydra's mkdir would, without creating anything (a run dir may name the time)."""
-    target = job_dir.absolute()
+def _check_creatable(directory: Path, what: str) -> None:
+    """Fail as a mkdir and a write into ``directory`` would, without creating anything (a run
+    dir may name the time)."""
+    target = directory.absolute()
     existing = next(p for p in (target, *target.parents) if p.exists())
     problem = None
     if not existing.is_dir():
@@ -270,7 +299,8 @@ def _check_creatable(job_dir: Path) -> None:
         except OSError as err:
             problem = f"{existing}: {err.strerror}"
     if problem is not None:
-        raise UserError(f"cannot create the job directory {job_dir}: {problem}")
+        verb = "write to" if existing == target else "create"
+        raise UserError(f"cannot {verb} {what} {directory}: {problem}")
 
 
 def _world_size(config: dict[str, Any], tasks: int) -> int:

@@ -41,7 +41,8 @@ class DatasetFiles:
         return f"delete {delete} and, {fetch}" if delete else fetch
 
     def require(self, path: Path, what: str, *, delete: Path | None = None) -> Path:
-        """``path`` if it exists, else a MissingFileError; ``delete`` what the fetch would skip."""
+        """``path`` if it exists, else a MissingFileError; ``delete`` what the fetch would skip
+        (named only if it is there)."""
         if not path.exists():
             blocker = next((p for p in path.parents if p.exists()), None)
             if blocker is not None and not blocker.is_dir():
@@ -51,7 +52,11 @@ class DatasetFiles:
                     "point dataset.root (or paths.data_dir) at a directory",
                     problem=f"cannot exist: {blocker} is a file, not a directory",
                 )
-            raise MissingFileError(f"{self.title} {what}", path, self._fix(delete))
+            if not self.root.exists() and path.parent != self.root:
+                # Nothing of the dataset is there: fetch it (there is nothing to delete).
+                raise MissingFileError(f"{self.title} dataset", self.root, self._fix(None))
+            stale = delete if delete is not None and delete.exists() else None
+            raise MissingFileError(f"{self.title} {what}", path, self._fix(stale))
         if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
             raise MissingFileError(
                 f"{self.title} {what}",

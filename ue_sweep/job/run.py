@@ -20,6 +20,7 @@ from typing import Any
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from ue_sweep.config import RootConfig
+from ue_sweep.errors import MachineError
 from ue_sweep.job.pipeline import run_pipeline
 from ue_sweep.runtime import preemption
 from ue_sweep.runtime.distributed import runtime, spawn
@@ -30,11 +31,12 @@ from ue_sweep.runtime.progress import PROGRESS_FILE, Progress
 from ue_sweep.runtime.tracking import ResultRecorder
 from ue_sweep.store.artifacts import ArtifactStore
 from ue_sweep.store.checkpoint import CHECKPOINT_DIR, JobCheckpoints, earlier_attempt, fingerprint
+from ue_sweep.store.sweep import artifact_dir
 
 log = logging.getLogger(__name__)
 
 
-class RankFailedError(RuntimeError):
+class RankFailedError(MachineError):
     """A spawned rank raised or died; the job is failed and every rank stopped."""
 
 
@@ -61,13 +63,6 @@ def _configure_spawned_logging(env: DistEnv, log_file: Path | None) -> None:
         handler.setFormatter(fmt)
         root.addHandler(handler)
     root.setLevel(logging.INFO)
-
-
-def artifact_dir(cfg: RootConfig, job_dir: Path) -> Path:
-    """``paths.artifact_dir``, or ``artifacts/`` next to the job: shared by a sweep's jobs."""
-    if cfg.paths.artifact_dir:
-        return Path(cfg.paths.artifact_dir).expanduser().absolute()
-    return job_dir.absolute().parent / "artifacts"
 
 
 def _rank_main(

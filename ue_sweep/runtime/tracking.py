@@ -6,9 +6,11 @@ Only rank 0 (or the process that spawned the ranks) writes here.
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import platform
+import shutil
 import socket
 import tempfile
 import traceback
@@ -18,21 +20,95 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ue_sweep.errors import StorageError
+
 RESULT_FILE = "result.json"
 
 
+# Write failures the machine causes, not the code: errno -> what to tell the user.
+_STORAGE_PROBLEMS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+
+
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``path`` through a temporary file, so that readers see the old or the new file.
+
+    A failure for lack of space or permission raises :class:`StorageError`, which names the
+    file, the free space and the size the write needed.
+    """
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        storage = _storage_error(err, path, write, mode)
+        if storage is None:
+            raise
+        raise storage from err
+
+
+def _storage_error(
+    err: BaseException, path: Path, write: Callable[[Any], None], mode: str
+) -> StorageError | None:
+    """The clear error for a write the disk refused, or None for any other failure."""
+    if isinstance(err, OSError) and err.errno in _STORAGE_PROBLEMS:
+        problem = _STORAGE_PROBLEMS[err.errno]
+    elif isinstance(err, RuntimeError) and "inline_container.cc" in str(err):
+        # torch.save's zip writer reports a short write as "[enforce fail at
+        # inline_container.cc:...] unexpected pos N vs M", whatever the cause.
+        problem = f"the write stopped short ({str(err).splitlines()[0]})"
+    else:
+        return None
+    free = _free_bytes(path)
+    needed = _bytes_written(write, mode)
+    if free is not None and needed is not None and free < needed:
+        problem = _STORAGE_PROBLEMS[errno.ENOSPC]
+    return StorageError(path, problem, free, needed)
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    try:
+        return None if existing is None else shutil.disk_usage(existing).free
+    except OSError:
+        return None
+
+
+class _CountingSink:
+    """A write-only file that keeps nothing and counts the bytes written to it."""
+
+    def __init__(self, text: bool) -> None:
+        self.text, self.count = text, 0
+
+    def write(self, data: Any) -> int:
+        self.count += len(data.encode()) if self.text else len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _bytes_written(write: Callable[[Any], None], mode: str) -> int | None:
+    """The size ``write`` produces, measured by writing again into a counting sink."""
+    sink = _CountingSink(text="b" not in mode)
+    try:
+        write(sink)
+    except Exception:
+        return None
+    return sink.count
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:

@@ -15,11 +15,15 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
+from ue_sweep.errors import UserError
 from ue_sweep.runtime.tracking import RESULT_FILE, atomic_write_json, now
 from ue_sweep.store.checkpoint import NON_SEMANTIC_KEYS, earlier_attempt, fingerprint
+
+if TYPE_CHECKING:
+    from ue_sweep.config import RootConfig
 
 SWEEP_NAME_ENV = "UE_SWEEP_NAME"
 
@@ -47,6 +51,23 @@ def _reporting_override(override: str) -> bool:
         key == dotted or key.startswith(f"{dotted}.")
         for dotted in (".".join(path) for path in NON_SEMANTIC_KEYS)
     )
+
+
+def check_sweep_name(name: str) -> None:
+    """Refuse a sweep name (``UE_SWEEP_NAME``) whose directory would leave ``multirun/``."""
+    parts = PurePosixPath(name).parts
+    if not parts or PurePosixPath(name).is_absolute() or ".." in parts:
+        raise UserError(
+            f"{SWEEP_NAME_ENV}={name!r} is not accepted; expected a name inside multirun/ "
+            "(not empty, not absolute, no '..'); set hydra.sweep.dir to put a sweep elsewhere"
+        )
+
+
+def artifact_dir(cfg: RootConfig, job_dir: Path) -> Path:
+    """``paths.artifact_dir``, or ``artifacts/`` next to the job: shared by a sweep's jobs."""
+    if cfg.paths.artifact_dir:
+        return Path(cfg.paths.artifact_dir).expanduser().absolute()
+    return job_dir.absolute().parent / "artifacts"
 
 
 def grid_overrides(hydra_cfg: Any) -> list[list[str]]:

@@ -18,7 +18,8 @@ class UnlearningConfig:
     shards: int = setting(4, ge=1)
     slices: int = setting(3, ge=1)
     # A constituent's budget in epochs over its whole shard, spread over its cumulative slices
-    # as Bourtoule et al.: 2e/(R+1) epochs per slice (sisa/partition.py). null: victim.epochs.
+    # as Bourtoule et al.: 2e/(R+1) epochs per slice (partition.py). null: victim.epochs,
+    # raised to the fewest that give every slice an epoch ((slices+2)//2; the record says).
     epochs: int | None = setting(None, ge=1)
     # SISA on clean data and on the UC-protected set: does protection change what is forgotten?
     conditions: list[str] = setting(list(CONDITIONS), one_of=CONDITIONS)  # noqa: RUF009

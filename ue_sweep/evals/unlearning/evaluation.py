@@ -50,21 +50,25 @@ ATTACKS = ("loss", "confidence")
 TARGETS = ("ensemble", "shard")
 
 
-def _budget(cfg: UnlearningConfig, root: RootConfig) -> int:
-    return cfg.epochs if cfg.epochs is not None else root.victim.epochs
+def epoch_budget(cfg: UnlearningConfig, root: RootConfig) -> int:
+    """A constituent's epochs: ``epochs``, else the victim's, at least one per slice (so that
+    the smoke preset's 1-epoch victims run with the default 3 slices)."""
+    if cfg.epochs is not None:
+        return cfg.epochs
+    return max(root.victim.epochs, (cfg.slices + 2) // 2)
 
 
 def check(key: str, cfg: UnlearningConfig, root: RootConfig) -> None:
     """Before any compute: every slice gets an epoch, the request file is well formed."""
     if not cfg.conditions:
         raise ConfigError(f"{key}.conditions", [], "at least one of: " + ", ".join(CONDITIONS))
-    budget = _budget(cfg, root)
+    budget = epoch_budget(cfg, root)
     if 2 * budget < cfg.slices + 1:  # 2e/(R+1) >= 1: else some slice trains no epoch at all
         raise ConfigError(
             f"{key}.epochs",
             budget,
             f"at least {(cfg.slices + 2) // 2} epochs for {cfg.slices} slices (each slice "
-            "trains 2e/(slices+1) of them, at least one; null: victim.epochs)",
+            "trains 2e/(slices+1) of them, at least one; null: victim.epochs, or that minimum)",
         )
     if cfg.request_file is not None:
         if cfg.requests != DEFAULT_REQUESTS:
@@ -213,7 +217,7 @@ def run(ctx: EvalContext, cfg: UnlearningConfig) -> dict[str, Any]:
     removed = removed_points("evals.unlearning", cfg, n, root.seed)
     part = partition(n, cfg.shards, cfg.slices, root.seed)
     left = part.without(removed)
-    epochs = slice_epochs(_budget(cfg, root), cfg.slices)
+    epochs = slice_epochs(epoch_budget(cfg, root), cfg.slices)
     reference = _reference(data, len(removed), root.seed)
     assert data.holdout_images is not None and data.holdout_labels is not None
     on = data.train_images.device
@@ -242,6 +246,7 @@ def run(ctx: EvalContext, cfg: UnlearningConfig) -> dict[str, Any]:
     outcome: dict[str, Any] = {
         "shards": cfg.shards,
         "slices": cfg.slices,
+        "epochs": epoch_budget(cfg, root),
         "epochs_per_slice": epochs,
         "requests": len(removed),
         "request_source": "random" if cfg.request_file is None else cfg.request_file,
@@ -281,7 +286,7 @@ def run(ctx: EvalContext, cfg: UnlearningConfig) -> dict[str, Any]:
                 part.first_changed(removed),
                 left,
                 epochs,
-                _budget(cfg, root),
+                epoch_budget(cfg, root),
                 root.victim.batch_size,
             ),
             "initial": {
