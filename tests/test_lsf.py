@@ -19,7 +19,6 @@ import submitit
 from hydra_plugins.ue_sweep_launchers.config import LSFConf, SummitConf
 
 from submitit_lsf.environment import compute_hosts, lsf_job_ref
-from submitit_lsf.executor import LSFJob
 from submitit_lsf.script import make_bsub_script
 from submitit_lsf.watcher import LSFInfoWatcher
 from tests import lsf_emulator
@@ -192,20 +191,6 @@ def test_rank_0_fails_fast_when_the_master_is_not_its_own_host(monkeypatch):
         env_from_launcher()
     monkeypatch.setenv("UE_LSF_RANK", "1")
     assert env_from_launcher().master_addr == "192.0.2.1", "other ranks only connect"
-
-
-@pytest.fixture
-def lsf(tmp_path, monkeypatch) -> Path:
-    """The emulated LSF commands first on PATH, with their own state directory."""
-    bin_dir = tmp_path / "lsf-bin"
-    bin_dir.mkdir()
-    lsf_emulator.install(str(bin_dir))
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("LSF_EMULATOR_STATE", str(tmp_path / "lsf-state"))
-    # a watcher of this test's jobs only: emulated job ids start again at 1000 in every test
-    monkeypatch.setattr(LSFJob, "watcher", LSFInfoWatcher(delay_s=1))
-    monkeypatch.setattr(LSFJob, "_results_timeout_s", 1)
-    return tmp_path
 
 
 def _where() -> tuple:
