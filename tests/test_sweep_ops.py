@@ -247,7 +247,8 @@ def test_detaching_the_in_process_launcher_is_refused(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "hydra.launcher.wait=false needs a launcher that submits the jobs (local, slurm, "
-        "slurm_gpu, lsf, summit): the basic launcher runs them in this process"
+        "slurm_gpu, frontier, perlmutter, lsf, jsm, summit): the basic launcher runs them in "
+        "this process"
     )
     assert not (tmp_path / "s").exists()
 
