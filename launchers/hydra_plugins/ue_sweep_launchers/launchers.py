@@ -273,11 +273,9 @@ class _SubmititSweepLauncher(BaseSubmititLauncher):
         table = _table(sweep_dir, self._EXECUTOR, folder, planned)
         active = table.active(job.num for job in todo)
         if self.check_only:
-            kind, params = (
-                self._EXECUTOR,
-                {**self.params, "miopen_cache_root": self.miopen_cache_root},
-            )
-            log.info("%s", format_plan(sweep_dir, kind, params, planned, list(skipped), active))
+            params = {**self.params, "miopen_cache_root": self.miopen_cache_root}
+            plan = format_plan(sweep_dir, self._EXECUTOR, params, planned, list(skipped), active)
+            log.info("%s", plan)
             return _planned_returns(planned)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         for job in todo:
