@@ -113,8 +113,9 @@ class LSFJobEnvironment(job_environment.JobEnvironment):
         return hosts.index(self.hostname) if self.hostname in hosts else 0
 
     def _requeue(self, countdown: int) -> None:
-        """Leave the marker on which the job shell calls ``brequeue`` once every task is done:
-        rank 0 runs on a compute node, where some sites refuse LSF commands."""
+        """Leave the marker on which the job shell, once every task is done, exits with the
+        code ``#BSUB -Q`` names, so that LSF requeues the job: no LSF command on a compute node,
+        and none racing the job's end."""
         Path(os.environ["UE_LSF_REQUEUE_MARKER"]).touch()
         logger.get_logger().info(
             f"Asked the job shell to requeue job {lsf_job_ref(self.job_id)} "

@@ -1,9 +1,17 @@
 """The ``bsub`` job script: ``#BSUB`` directives, then one task per rank.
 
 Formats follow IBM Spectrum LSF 10.1 (bsub: -J name[1-N]%P, -nnodes, -n with span[ptile],
--W minutes, -P, -q, -alloc_flags, -R rusage[mem], -wa/-wt warning action) and IBM Job Step
-Manager's jsrun (resource sets: -n total, -a tasks, -c CPUs, -g GPUs per set, -r sets per host,
--b binding, --smpiargs).
+-W minutes, -P, -q, -alloc_flags, -R rusage[mem=<n>GB/host], -gpu "num=<n>/host", -Q requeue
+exit values, -wa/-wt warning action; blaunch -z host -no-shell) and IBM Job Step Manager's jsrun
+(resource sets: -n total, -a tasks, -c CPUs, -g GPUs per set, -r sets per host, -b binding,
+--smpiargs).
+
+The job script needs no LSF command on a compute node and none after its tasks end: a requeue is
+the job shell's exit code, which ``#BSUB -Q`` makes LSF requeue (``brequeue`` from a shell that
+is already exiting may land after the job ended, and the job is then recorded as failed). The
+warning signal reaches the job shell only (jsrun's forwarding of USR2 to its tasks is not
+documented, and blaunch'd tasks run on other hosts): the shell writes a marker file on the shared
+job folder, and every task raises the signal in itself when it sees the file (``task.py``).
 
 Two allocations: ``slots`` is plain LSF (``-n`` slots, ``span[ptile]``, the job shell runs on the
 first compute host, tasks start through ``blaunch``); ``nnodes`` is IBM CSM (Summit: whole nodes,
@@ -20,6 +28,11 @@ from submitit.core.utils import JobPaths
 
 TASK_LAUNCHERS = ("jsrun", "mpirun", "blaunch")
 ALLOCATIONS = ("nnodes", "slots")
+# jsrun resource sets: one per task (each sees its own GPU), or one per node (its tasks share the
+# node's GPUs, so CUDA IPC works between them; each task takes the GPU of its local rank).
+RESOURCE_SETS = ("task", "node")
+# EX_TEMPFAIL (sysexits.h): "try again later". The job shell exits with it to be requeued.
+REQUEUE_EXIT_CODE = 75
 # LSF's MAX_JOB_ARRAY_SIZE default (lsb.params).
 MAX_ARRAY_SIZE = 1000
 # Variables every task needs; mpirun forwards only what it is told to (-x).
@@ -31,6 +44,7 @@ FORWARDED = (
     "LSB_HOSTS",
     "UE_LSF_LAUNCH_HOST",
     "UE_LSF_REQUEUE_MARKER",
+    "UE_LSF_SIGNAL_MARKER",
     "PATH",
     "PYTHONPATH",
     "VIRTUAL_ENV",
@@ -59,6 +73,7 @@ def _directives(
     alloc_flags: str | None,
     warning_signal: str | None,
     warning_time_min: int,
+    requeue_exit_code: int,
     directives: Sequence[str],
     stderr_to_stdout: bool,
     map_count: int | None,
@@ -73,10 +88,12 @@ def _directives(
     else:  # a slot is a core: each rank takes cpus_per_task of them
         per_host = tasks_per_node * (cpus_per_task or 1)
         lines += [f"-n {nodes * per_host}", f'-R "span[ptile={per_host}]"']
+        # "/host" (LSF 10.1.0.9): per host even where RESOURCE_RESERVE_PER_TASK=Y would
+        # otherwise multiply the request by the host's slots.
         if gpus_per_node:
-            lines.append(f'-gpu "num={gpus_per_node}"')
-        if mem_gb is not None:  # a reservation per host (LSF 10.1's default for rusage)
-            lines.append(f'-R "rusage[mem={mem_gb}GB]"')
+            lines.append(f'-gpu "num={gpus_per_node}/host"')
+        if mem_gb is not None:
+            lines.append(f'-R "rusage[mem={mem_gb}GB/host]"')
     if queue:
         lines.append(f"-q {shlex.quote(queue)}")
     if project:
@@ -89,6 +106,7 @@ def _directives(
         lines.append(f"-e {_quoted_path(log + '.err')}")
     if warning_signal:
         lines += [f"-wa {warning_signal}", f"-wt {warning_time_min}"]
+    lines.append(f'-Q "{requeue_exit_code}"')
     lines += list(directives)
     return [f"#BSUB {line}" for line in lines]
 
@@ -116,12 +134,21 @@ def _task_lines(
     cpus_per_task: int | None,
     smpiargs: str | None,
     launcher_args: Sequence[str],
+    resource_sets: str,
 ) -> list[str]:
     total = nodes * tasks_per_node
     extra = " ".join(launcher_args)
-    if task_launcher == "jsrun":  # one resource set per task, bound to its own cores
-        cpus, gpus = cpus_per_task or 1, 1 if gpus_per_node else 0
-        prefix = f"jsrun -n {total} -a 1 -c {cpus} -g {gpus} -r {tasks_per_node} -b packed:{cpus}"
+    if task_launcher == "jsrun":  # each task bound to its own cpus_per_task cores
+        cpus = cpus_per_task or 1
+        if resource_sets == "node":
+            sets, tasks, set_cpus = nodes, tasks_per_node, tasks_per_node * cpus
+            set_gpus, per_host = gpus_per_node or 0, 1
+        else:
+            sets, tasks, set_cpus, set_gpus = total, 1, cpus, 1 if gpus_per_node else 0
+            per_host = tasks_per_node
+        prefix = (
+            f"jsrun -n {sets} -a {tasks} -c {set_cpus} -g {set_gpus} -r {per_host} -b packed:{cpus}"
+        )
         if smpiargs:  # OLCF's spelling: --smpiargs="-disable_gpu_hooks"
             prefix += f' --smpiargs="{smpiargs}"'
         return [_background(prefix, extra, command), 'tasks+=("$!")']
@@ -136,7 +163,8 @@ def _task_lines(
         "rank=0",
         "for host in $hosts; do",
         f"  for local_rank in $(seq 0 {tasks_per_node - 1}); do",
-        "    " + _background('blaunch -z "$host"', extra, ranks, command),
+        # -no-shell: blaunch would otherwise re-split the command through a shell.
+        "    " + _background('blaunch -z "$host" -no-shell', extra, ranks, command),
         '    tasks+=("$!")',
         "    rank=$((rank + 1))",
         "  done",
@@ -145,28 +173,34 @@ def _task_lines(
 
 
 def _job_variables(folder: Path, allocation: str, cpus_per_task: int | None) -> list[str]:
-    """What the tasks learn from the job shell: its launch host, their CPUs, the requeue marker.
+    """What the tasks learn from the job shell: its launch host, their CPUs, the requeue and
+    signal markers.
 
     Under CSM the job shell runs on a launch node listed first in the host file, whatever the
     site names it; under plain LSF it runs on the first compute host, which must stay.
     """
-    marker = shlex.quote(str(folder / "lsf_")) + '"${LSB_JOBID}_${LSB_JOBINDEX:-0}.requeue"'
+    marker = shlex.quote(str(folder / "lsf_")) + '"${LSB_JOBID}_${LSB_JOBINDEX:-0}'
     lines = [
         "export SUBMITIT_EXECUTOR=lsf",
         "export UE_LSF_LAUNCH_HOST=" + ("$(hostname)" if allocation == "nnodes" else ""),
-        f"export UE_LSF_REQUEUE_MARKER={marker}",
-        'rm -f "$UE_LSF_REQUEUE_MARKER"',
+        f'export UE_LSF_REQUEUE_MARKER={marker}.requeue"',
+        f'export UE_LSF_SIGNAL_MARKER={marker}.signal"',
+        'rm -f "$UE_LSF_REQUEUE_MARKER" "$UE_LSF_SIGNAL_MARKER"',
     ]
     if cpus_per_task:
         lines.append(f"export UE_LSF_CPUS_PER_TASK={cpus_per_task}")
     return lines
 
 
-# The job shell forwards the warning signal to its tasks (trapped before any task starts: an
-# untrapped USR2 would end the shell) and waits for all of them; `wait` returns early when a
-# trapped signal arrives, hence the loop.
-FORWARD_WARNING = """tasks=()
-trap 'kill -USR2 "${tasks[@]}" 2>/dev/null' USR2"""
+# The job shell forwards the warning signal to its tasks through a marker file (trapped before
+# any task starts: an untrapped USR2 would end the shell) and waits for all of them; `wait`
+# returns early when a trapped signal arrives, hence the loop.
+def _forward_warning(signal_name: str | None) -> str:
+    if not signal_name:
+        return "tasks=()"
+    return f"tasks=()\ntrap 'echo {signal_name} > \"$UE_LSF_SIGNAL_MARKER\"' {signal_name}"
+
+
 WAIT_FOR_TASKS = """status=0
 for pid in "${tasks[@]}"; do
   while true; do
@@ -175,13 +209,16 @@ for pid in "${tasks[@]}"; do
   done
   [ "$code" -ne 0 ] && status=$code
 done"""
-# Rank 0 asks for a requeue by leaving the marker: some sites refuse LSF commands on compute
-# nodes, and the job shell runs where they are allowed.
-REQUEUE = """if [ -e "$UE_LSF_REQUEUE_MARKER" ]; then
+
+
+def _requeue(code: int) -> str:
+    """Rank 0 asks for a requeue by leaving the marker; the shell exits with the code that
+    ``#BSUB -Q`` names, and LSF requeues the job. A task's own exit with that code is a failure."""
+    return f"""if [ -e "$UE_LSF_REQUEUE_MARKER" ]; then
   rm -f "$UE_LSF_REQUEUE_MARKER"
-  if [ "${LSB_JOBINDEX:-0}" = 0 ]; then ref=$LSB_JOBID; else ref="$LSB_JOBID[$LSB_JOBINDEX]"; fi
-  brequeue "$ref"
+  exit {code}
 fi
+[ "$status" -eq {code} ] && status=1
 exit $status"""
 
 
@@ -197,11 +234,19 @@ def _validate(
     warning_time_min: int,
     map_count: int | None,
     max_array_size: int,
+    resource_sets: str,
+    requeue_exit_code: int,
 ) -> None:
     if task_launcher not in TASK_LAUNCHERS:
         raise ValueError(f"task_launcher={task_launcher!r}: expected one of {TASK_LAUNCHERS}")
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation={allocation!r}: expected one of {ALLOCATIONS}")
+    if resource_sets not in RESOURCE_SETS:
+        raise ValueError(f"resource_sets={resource_sets!r}: expected one of {RESOURCE_SETS}")
+    if resource_sets == "node" and task_launcher != "jsrun":
+        raise ValueError("resource_sets=node is a jsrun setting: use it with task_launcher=jsrun")
+    if not 1 <= requeue_exit_code <= 255:
+        raise ValueError(f"requeue_exit_code={requeue_exit_code}: expected 1..255 (bsub -Q)")
     if walltime_min < 1 or nodes < 1 or tasks_per_node < 1:
         raise ValueError("walltime_min, nodes and tasks_per_node must be >= 1")
     if gpus_per_node and gpus_per_node != tasks_per_node:
@@ -240,8 +285,10 @@ def make_bsub_script(
     task_launcher: str = "blaunch",
     smpiargs: str | None = None,
     launcher_args: Sequence[str] = (),
+    resource_sets: str = "task",
     warning_signal: str | None = "USR2",
     warning_time_min: int = 5,
+    requeue_exit_code: int = REQUEUE_EXIT_CODE,
     directives: Sequence[str] = (),
     setup: Sequence[str] = (),
     array_parallelism: int = 256,
@@ -262,6 +309,8 @@ def make_bsub_script(
         warning_time_min,
         map_count,
         max_array_size,
+        resource_sets,
+        requeue_exit_code,
     )
     logs = JobPaths.get_first_id_independent_folder(folder)
     lines = ["#!/bin/bash"]
@@ -280,12 +329,14 @@ def make_bsub_script(
         alloc_flags,
         warning_signal,
         warning_time_min,
+        requeue_exit_code,
         directives,
         stderr_to_stdout,
         map_count,
         array_parallelism,
     )
-    lines += ["", *_job_variables(logs, allocation, cpus_per_task), FORWARD_WARNING]
+    lines += ["", *_job_variables(logs, allocation, cpus_per_task)]
+    lines.append(_forward_warning(warning_signal))
     if setup:
         lines += ["", "# setup", *setup]
     lines += ["", f"# {nodes * tasks_per_node} tasks ({task_launcher}), one rank each"]
@@ -298,6 +349,7 @@ def make_bsub_script(
         cpus_per_task,
         smpiargs,
         launcher_args,
+        resource_sets,
     )
-    lines += ["", WAIT_FOR_TASKS, REQUEUE, ""]
+    lines += ["", WAIT_FOR_TASKS, _requeue(requeue_exit_code), ""]
     return "\n".join(lines)

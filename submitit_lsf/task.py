@@ -2,12 +2,18 @@
 
 The job script starts this module once per rank (through jsrun, mpirun or blaunch), so log and
 result files get submitit's usual names (``<job>_<rank>_log.out``) whatever the task launcher.
+Each task also watches the job shell's signal marker: LSF's warning signal reaches the job shell
+only, which writes the signal's name there, and the task raises that signal in itself.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+import time
+from pathlib import Path
 
 from submitit.core.submission import process_job
 from submitit.core.utils import JobPaths
@@ -21,6 +27,29 @@ def _redirect(fd: int, path: os.PathLike[str]) -> None:
     os.close(target)
 
 
+# Seconds between looks at the signal marker; LSF warns minutes (-wt) ahead.
+SIGNAL_POLL_S = 1.0
+
+
+def watch_signal_marker(marker: Path, poll_s: float = SIGNAL_POLL_S) -> threading.Thread:
+    """A daemon thread that raises the signal named in ``marker`` in this process, once, when
+    the file appears (the job shell removes any old one before the tasks start)."""
+
+    def watch() -> None:
+        while True:
+            try:
+                name = marker.read_text().strip()
+            except OSError:
+                time.sleep(poll_s)
+                continue
+            os.kill(os.getpid(), getattr(signal, f"SIG{name or 'USR2'}"))
+            return
+
+    thread = threading.Thread(target=watch, name="lsf-signal-marker", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(folder: str) -> None:
     os.environ["SUBMITIT_EXECUTOR"] = "lsf"
     env = LSFJobEnvironment()
@@ -30,6 +59,8 @@ def main(folder: str) -> None:
     sys.stderr.flush()
     _redirect(1, paths.stdout)
     _redirect(2, paths.stderr)
+    if os.environ.get("UE_LSF_SIGNAL_MARKER"):
+        watch_signal_marker(Path(os.environ["UE_LSF_SIGNAL_MARKER"]))
     process_job(folder)
 
 

@@ -4,7 +4,13 @@
 ended without a result file (run limit, node failure, ``bkill``) and is no longer listed would
 stay UNKNOWN for ever, so for an id ``bjobs`` reports as not found the watcher reads LSF's job
 report at the end of the job's output file (``-o``), then ``bhist -l``; a job none of them knows
-for ``lost_after_s`` is reported as LOST, which submitit takes as finished.
+for ``lost_after_s`` is reported as LOST, which submitit takes as finished. Both read the job's
+last run only (a requeued job's earlier runs exited). ``bhist`` searches the current event log
+only (no ``-n 0``, which scans every log file, for every forgotten job, at every poll).
+
+A job that stays in a state only a person ends (PSUSP: suspended while pending, as LSF does after
+repeated failed starts; USUSP; ZOMBI; UNKWN) for ``stuck_after_s`` is reported as STUCK, with a
+warning naming it and what to do, instead of being waited on for ever.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ STATES = {
     "UNKWN": "UNKNOWN",
 }
 UNFINISHED = {"PENDING", "RUNNING", "SUSPENDED", "UNKNOWN", "REQUEUED"}
+# LSF states that last until someone acts (bresume, bkill, an administrator).
+STUCK_STATES = {"PSUSP", "USUSP", "ZOMBI", "UNKWN"}
 # Termination reasons (bacct/bhist/job report keywords) that say more than "failed".
 REASONS = {
     "TERM_OWNER": "CANCELLED",
@@ -49,6 +57,9 @@ BJOBS_FORMAT = "jobid jobindex stat exit_code delimiter='|'"
 JOB_ID = re.compile(r"(?P<job>\d+)(\[(?P<index>\d+)\])?")
 NOT_FOUND = re.compile(r"Job <(?P<job>\d+)(\[\d+\])?> is not found")
 TERM_REASON = re.compile(r"\b(TERM_[A-Z_]+)")
+# bhist's line for a requeue: "Pending: Requeued job is waiting for rescheduling" (bsub -Q,
+# REQUEUE_EXIT_VALUES), "Pending: Job has been requeued" (brequeue).
+REQUEUED = re.compile(r"Pending: [^;.]*requeued", re.IGNORECASE)
 
 
 def _key(job: str, index: str) -> str:
@@ -73,16 +84,17 @@ def state_from_report(log: Path) -> str | None:
     return _final_state(last, "Successfully completed.", "Exited with exit code")
 
 
-def state_from_bhist(ref: str) -> str | None:
-    """The final state ``bhist -l`` gives (LSF's event log outlives CLEAN_PERIOD)."""
+def state_from_bhist(ref: str, timeout_s: float = 30.0) -> str | None:
+    """The final state of the job's last run in ``bhist -l`` (LSF's current event log outlives
+    CLEAN_PERIOD; older logs are not searched)."""
     try:
-        done = subprocess.run(
-            ["bhist", "-l", "-n", "0", ref], capture_output=True, text=True, timeout=120
-        )
+        command = ["bhist", "-l", ref]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired):
         return None
     text = " ".join(done.stdout.split())  # bhist wraps its lines
-    return _final_state(text, "Done successfully", "Exited with exit code", "Exited by signal")
+    last = REQUEUED.split(text)[-1]  # the events since the last requeue
+    return _final_state(last, "Done successfully", "Exited with exit code", "Exited by signal")
 
 
 class LSFInfoWatcher(core.InfoWatcher):
@@ -90,11 +102,14 @@ class LSFInfoWatcher(core.InfoWatcher):
 
     # A job that bjobs, the job report and bhist all do not know is lost after this long.
     lost_after_s: float = 600.0
+    # A job in one of STUCK_STATES for this long is reported as STUCK.
+    stuck_after_s: float = 3600.0
 
     def __init__(self, delay_s: int = 60) -> None:
         super().__init__(delay_s=delay_s)
         self._logs: dict[str, Path] = {}
         self._missing_since: dict[str, float] = {}
+        self._stuck_since: dict[str, float] = {}
 
     def register_log(self, job_id: str, log: Path) -> None:
         """Where LSF writes the job's output file (``-o``), for its final report."""
@@ -152,6 +167,7 @@ class LSFInfoWatcher(core.InfoWatcher):
                     self._missing_since.pop(job_id, None)
                     if info[job_id]["State"] == "FAILED":
                         info[job_id]["State"] = self._why_failed(job_id)
+                    self._check_stuck(job_id, info[job_id])
                 elif job_id.split("_")[0] in forgotten:
                     info[job_id] = self._forgotten(job_id)
             self._info_dict.update(info)
@@ -159,6 +175,22 @@ class LSFInfoWatcher(core.InfoWatcher):
         for job_id in self._registered - self._finished:
             if self.is_done(job_id, mode="cache"):
                 self._finished.add(job_id)
+
+    def _check_stuck(self, job_id: str, info: dict[str, str]) -> None:
+        """Report a job that has been in a stuck state for ``stuck_after_s`` as STUCK."""
+        if info["LSFState"] not in STUCK_STATES:
+            self._stuck_since.pop(job_id, None)
+            return
+        since = self._stuck_since.setdefault(job_id, time.time())
+        if time.time() - since >= self.stuck_after_s:
+            info["State"] = "STUCK"
+            ref = lsf_job_ref(job_id)
+            logger.get_logger().warning(
+                f"LSF job {ref} has been {info['LSFState']} for {time.time() - since:.0f}s and "
+                f"is taken as stuck (not waited on any more): see `bjobs -l {ref}`, then "
+                f"`bresume {ref}` or `bkill {ref}`; a later launch of the sweep resubmits it "
+                "once it has left LSF"
+            )
 
     def _report(self, job_id: str) -> str | None:
         log = self._logs.get(job_id)

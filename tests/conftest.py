@@ -86,3 +86,22 @@ def refusal(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, **env: 
 
 def read_results(root: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(root.rglob("result.json"))]
+
+
+@pytest.fixture
+def lsf(tmp_path, monkeypatch) -> Path:
+    """The emulated LSF commands first on PATH, with their own state directory (used by
+    test_lsf.py and test_lsf_defects.py)."""
+    from submitit_lsf.executor import LSFJob
+    from submitit_lsf.watcher import LSFInfoWatcher
+    from tests import lsf_emulator
+
+    bin_dir = tmp_path / "lsf-bin"
+    bin_dir.mkdir()
+    lsf_emulator.install(str(bin_dir))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("LSF_EMULATOR_STATE", str(tmp_path / "lsf-state"))
+    # a watcher of this test's jobs only: emulated job ids start again at 1000 in every test
+    monkeypatch.setattr(LSFJob, "watcher", LSFInfoWatcher(delay_s=1))
+    monkeypatch.setattr(LSFJob, "_results_timeout_s", 1)
+    return tmp_path

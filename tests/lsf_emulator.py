@@ -8,25 +8,38 @@ _LOCAL_SIZE):
 
 - ``bsub`` reads the job script from stdin, parses its ``#BSUB`` lines (unknown options are an
   error, as in LSF; arrays over ``LSF_EMULATOR_MAX_ARRAY_SIZE``, default 1000, are refused),
-  prints ``Job <id> is submitted to queue <q>.`` and starts a detached runner;
+  prints ``Job <id> is submitted to queue <q>.`` and starts a detached runner. With
+  ``LSF_EMULATOR_RESOURCE_RESERVE_PER_TASK=Y`` (lsb.params' RESOURCE_RESERVE_PER_TASK) a
+  ``-gpu "num=N"`` or ``rusage[mem=M]`` without ``/host`` is reserved per slot; a job whose
+  per-host reservation exceeds a host (``LSF_EMULATOR_HOST_GPUS``, 8; ``LSF_EMULATOR_HOST_MEM_GB``,
+  256) pends for ever, as in LSF;
 - the runner runs each job (array element) as ``bash script`` with LSF's variables and a host
   file: with ``-nnodes`` (IBM CSM) its first line is the launch node that runs the job shell
   (``batch1``, or ``LSF_EMULATOR_LAUNCH_HOST``; the job shell's ``hostname`` prints that name),
   with ``-n``/``span[ptile]`` (plain LSF) it lists ``ptile`` slots per compute host and the job
   shell runs on the first. It honours ``-W`` and ``-wa/-wt`` (one emulated minute lasts
-  ``LSF_EMULATOR_MINUTE`` seconds) and the array's ``%P`` limit, and appends LSF's job report
-  (``Successfully completed.`` / ``TERM_...`` / ``Exited with exit code N.``) to the -o file;
-- ``bjobs -a -noheader -o "jobid jobindex stat exit_code delimiter='|'"`` answers per element,
+  ``LSF_EMULATOR_MINUTE`` seconds) and the array's ``%P`` limit, requeues a job that exits with
+  a ``-Q`` exit value, and appends LSF's job report (``Successfully completed.`` / ``TERM_...`` /
+  ``Exited with exit code N.``) to the -o file. ``-wa`` and ``bkill -s`` signal the job shell's
+  process group only: tasks that jsrun and blaunch start run in their own sessions, as on other
+  hosts, and neither forwards the warning signal;
+- ``bjobs -a -noheader -o "jobid jobindex stat exit_code submit_time delimiter='|'"`` answers per
+  element (``submit_time`` as ``Dec  2 22:40``; ``LSF_EMULATOR_SUBMIT_TIME`` fakes it),
   with ``id[index]`` ids when ``LSB_BJOBS_DISPLAY_ENH=Y``; it prints ``Job <id> is not found``
   and exits 255 for an unknown id, and forgets a finished job ``LSF_EMULATOR_CLEAN_PERIOD``
   seconds after its end (LSF's CLEAN_PERIOD; never by default);
-- ``bhist -l`` tells how a job ended, unless ``LSF_EMULATOR_NO_HISTORY=1`` (event log rotated);
-- ``bkill [-s SIG]`` and ``brequeue`` act on ``id`` or ``id[index]``; ``brequeue`` is refused
-  in tasks (``LSF_EMULATOR_COMPUTE_NODE``), as on sites that allow no LSF commands on compute
-  nodes;
-- ``jsrun -n N -a 1 -c C -g G -r R -b packed:C [--smpiargs=...] cmd`` starts N tasks with JSM
-  variables (GPU resource sets see their one GPU as device 0) and forwards signals; ``blaunch -z
-  host cmd`` runs cmd locally. Neither binds CPUs.
+- ``bhist -l`` tells each run of a job (an ``Exited`` run, ``Pending: ...requeued``, then the
+  next run's end), unless ``LSF_EMULATOR_NO_HISTORY=1`` (event log rotated); every call's
+  arguments are logged to ``bhist_calls`` in the state directory;
+- ``bkill [-s SIG]`` and ``brequeue`` act on ``id`` or ``id[index]``; ``bkill`` of several ids
+  ends those it can and, for a finished one, prints ``Job <id>: Job has already finished`` and
+  exits 255. ``brequeue`` is refused in tasks (``LSF_EMULATOR_COMPUTE_NODE``), as on sites that
+  allow no LSF commands on compute nodes, and lands ``LSF_EMULATOR_BREQUEUE_DELAY`` seconds
+  (0.5) later, as mbatchd acts on it: a job shell that has exited by then stays exited;
+- ``jsrun -n N -a A -c C -g G -r R -b packed:C [--smpiargs=...] cmd`` starts N x A tasks with
+  JSM variables (a resource set's G GPUs renumbered from 0); ``blaunch -z host [-no-shell] cmd``
+  runs cmd here, through ``sh -c`` (re-split, as blaunch's shell does) unless ``-no-shell``.
+  Neither binds CPUs; both record their tasks so that a kill of the job reaches them.
 
 Emulated compute hosts are named 127.0.0.N, which resolve to this machine. State lives in
 ``$LSF_EMULATOR_STATE``; run ``python -m tests.lsf_emulator install BIN_DIR`` to get the commands.
@@ -49,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 COMMANDS = ("bsub", "bjobs", "bhist", "bkill", "brequeue", "jsrun", "blaunch")
+REQUEUE_TEXT = "Pending: Requeued job is waiting for rescheduling"
 # bsub options the emulator understands, and whether they take a value.
 BSUB_OPTIONS = {
     "-J": True,
@@ -64,12 +78,13 @@ BSUB_OPTIONS = {
     "-wa": True,
     "-wt": True,
     "-alloc_flags": True,
+    "-Q": True,
     "-M": True,
     "-G": True,
     "-B": False,
     "-N": False,
 }
-BJOBS_FIELDS = {"jobid", "jobindex", "stat", "exit_code", "job_name", "queue"}
+BJOBS_FIELDS = {"jobid", "jobindex", "stat", "exit_code", "job_name", "queue", "submit_time"}
 CORES_PER_HOST = 4
 
 
@@ -147,6 +162,7 @@ def bsub(argv: list[str]) -> None:
         limit = int(array["limit"]) if array["limit"] else None
         if len(indices) > int(os.environ.get("LSF_EMULATOR_MAX_ARRAY_SIZE", "1000")):
             raise SystemExit(f"{options['-J']}: Job array size exceeds MAX_JOB_ARRAY_SIZE")
+    unsatisfiable = _unsatisfiable(options)
     with locked():
         counter = state_dir() / "next_id"
         job_id = int(counter.read_text()) if counter.exists() else 1000
@@ -164,13 +180,17 @@ def bsub(argv: list[str]) -> None:
                 "limit": limit,
                 "launch_host": os.environ.get("LSF_EMULATOR_LAUNCH_HOST", "batch1"),
                 "cwd": os.getcwd(),
+                "submit_time": os.environ.get("LSF_EMULATOR_SUBMIT_TIME")
+                or time.strftime("%b %e %H:%M"),
+                "unsatisfiable": unsatisfiable,
                 "elements": {
                     str(i): {
                         "stat": "PEND",
                         "exit_code": None,
                         "pgid": None,
-                        "requeue": False,
+                        "requeue_at": None,
                         "runs": 0,
+                        "history": [],
                     }
                     for i in indices
                 },
@@ -184,6 +204,27 @@ def bsub(argv: list[str]) -> None:
         stderr=subprocess.DEVNULL,
     )
     print(f"Job <{job_id}> is submitted to queue <{options.get('-q', 'normal')}>.")
+
+
+def _unsatisfiable(options: dict[str, Any]) -> str | None:
+    """Why no host can take the job's per-host reservation (then it pends for ever), or None."""
+    per_task = os.environ.get("LSF_EMULATOR_RESOURCE_RESERVE_PER_TASK", "").upper() == "Y"
+    spans = [m[1] for r in options.get("-R", []) for m in re.finditer(r"span\[ptile=(\d+)\]", r)]
+    slots = int(spans[0]) if spans else int(options.get("-n", 1))
+    asked = []
+    gpu = re.search(r"num=(\d+)(/host|/task)?", options.get("-gpu", ""))
+    if gpu:
+        asked.append(("GPUs", int(gpu[1]), gpu[2], "LSF_EMULATOR_HOST_GPUS", 8))
+    for rusage in options.get("-R", []):
+        mem = re.search(r"rusage\[mem=(\d+)GB(/host|/task)?\]", rusage)
+        if mem:
+            asked.append(("GB of memory", int(mem[1]), mem[2], "LSF_EMULATOR_HOST_MEM_GB", 256))
+    for what, value, method, variable, default in asked:
+        per_slot = method == "/task" or (per_task and method is None)
+        need, have = value * (slots if per_slot else 1), int(os.environ.get(variable, default))
+        if need > have:
+            return f"a host would need {need} {what} ({value} per slot), it has {have}"
+    return None
 
 
 # ------------------------------------------------------------------------------------ the runner
@@ -259,6 +300,16 @@ REASON_TEXT = {
 }
 
 
+def _history(job_id: int, index: int, event: str, **changes: Any) -> None:
+    """Append an event to the element's bhist record (with other changes, atomically)."""
+    with locked():
+        job = load(job_id)
+        element = job["elements"][str(index)]
+        element["history"].append(f"{time.ctime()}: {event}")
+        element.update(changes)
+        store(job)
+
+
 def _finish(job: dict[str, Any], index: int, code: int | None, reason: str | None) -> None:
     """Record the element's end, its bhist events, and append the job report to its -o file."""
     ref = f"{job['id']}[{index}]" if index else str(job["id"])
@@ -269,14 +320,8 @@ def _finish(job: dict[str, Any], index: int, code: int | None, reason: str | Non
         report = ending if reason is None else f"{reason}: {REASON_TEXT[reason]}\n{ending}"
         if reason is not None:
             ending += f" Completed <exit>; {reason}: {REASON_TEXT[reason]}"
-    update(
-        job["id"],
-        index,
-        stat="DONE" if code is None else "EXIT",
-        exit_code=code,
-        ended=time.time(),
-        history=f"{time.ctime()}: {ending}",
-    )
+    _history(job["id"], index, ending, stat="DONE" if code is None else "EXIT", exit_code=code)
+    update(job["id"], index, ended=time.time())
     path = _log_path(job, "-o", index)
     if path is not None:
         with open(path, "a") as log:
@@ -289,17 +334,22 @@ def _finish(job: dict[str, Any], index: int, code: int | None, reason: str | Non
             )
 
 
+def _requeue_codes(options: dict[str, Any]) -> set[int]:
+    """The exit codes of ``-Q "n ..."`` (the numbers only; no ``all``/``~``/``EXCLUDE``)."""
+    return {int(word) for word in options.get("-Q", "").split() if word.isdigit()}
+
+
 def _supervise(job: dict[str, Any], index: int) -> None:
     """Run one element to its end, through requeues, walltime warning and run limit."""
     options = job["options"]
     while True:
         proc = _start(job, index)
         runs = load(job["id"])["elements"][str(index)]["runs"]
-        update(job["id"], index, stat="RUN", pgid=proc.pid, requeue=False, runs=runs + 1)
+        update(job["id"], index, stat="RUN", pgid=proc.pid, requeue_at=None, runs=runs + 1)
         started = time.monotonic()
         limit = job["walltime_min"] * minute()
         warn_at = limit - int(options.get("-wt", 0)) * minute() if "-wa" in options else None
-        warned, killed_by_limit = False, False
+        warned, killed_by_limit, requeued = False, False, False
         while proc.poll() is None:
             elapsed = time.monotonic() - started
             if warn_at is not None and not warned and elapsed >= warn_at:
@@ -308,24 +358,34 @@ def _supervise(job: dict[str, Any], index: int) -> None:
                 warned = True
             if elapsed >= limit:
                 killed_by_limit = True
-                _kill_group(proc.pid)
+                _kill_element(job["id"], index, proc.pid)
+            requeue_at = load(job["id"])["elements"][str(index)]["requeue_at"]
+            if not requeued and requeue_at is not None and time.time() >= requeue_at:
+                requeued = True  # brequeue lands while the job runs: kill it, then requeue
+                _kill_element(job["id"], index, proc.pid)
             time.sleep(0.1)
         element = load(job["id"])["elements"][str(index)]
-        if element["requeue"]:
-            update(job["id"], index, stat="PEND")
+        code = proc.returncode % 256
+        if requeued:
+            _history(job["id"], index, f"Exited with exit code {code}.")
+            _history(job["id"], index, "Pending: Job has been requeued;", stat="PEND")
             continue
-        code = proc.returncode
+        if code in _requeue_codes(options) and not element.get("killed") and not killed_by_limit:
+            _history(job["id"], index, f"{REQUEUE_TEXT};(exit code {code})", stat="PEND")
+            continue
         if element.get("killed"):
             _finish(job, index, 130, "TERM_OWNER")
         elif killed_by_limit:
             _finish(job, index, 140, "TERM_RUNLIMIT")
         else:
-            _finish(job, index, None if code == 0 else code % 256, None)
+            _finish(job, index, None if code == 0 else code, None)
         return
 
 
 def run_job(job_id: int) -> None:
     job = load(job_id)
+    if job["unsatisfiable"]:
+        return  # pending for ever: bjobs keeps saying PEND
     pending = [int(i) for i in job["elements"]]
     limit = job["limit"] or len(pending)
     running: dict[int, threading.Thread] = {}
@@ -339,11 +399,27 @@ def run_job(job_id: int) -> None:
         time.sleep(0.1)
 
 
-def _kill_group(pgid: int) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def _tasks_file(job_id: str | int, index: str | int) -> Path:
+    return state_dir() / f"tasks_{job_id}_{index}"
+
+
+def _register_task(pid: int) -> None:
+    """Record a task that jsrun/blaunch started in its own session, for kills of the job."""
+    with locked(), open(_tasks_file(os.environ["LSB_JOBID"], os.environ["LSB_JOBINDEX"]), "a") as f:
+        f.write(f"{pid}\n")
+
+
+def _kill_element(job_id: int, index: int, pgid: int) -> None:
+    """End the job shell's process group and every task group jsrun/blaunch started."""
+    path = _tasks_file(job_id, index)
+    tasks = [int(line) for line in path.read_text().split()] if path.exists() else []
+    for group in (pgid, *tasks):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, sig)
-        time.sleep(0.5)
+            os.killpg(group, signal.SIGTERM)
+    time.sleep(0.5)
+    for group in (pgid, *tasks):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------- bjobs bkill brequeue
@@ -395,6 +471,7 @@ def bjobs(argv: list[str]) -> None:
                 "exit_code": "-" if element["exit_code"] is None else element["exit_code"],
                 "job_name": job["name"],
                 "queue": job["options"].get("-q", "normal"),
+                "submit_time": job["submit_time"],
             }
             print(match["delim"].join(str(values[f]) for f in fields))
     sys.exit(status)
@@ -412,6 +489,8 @@ def _forgotten(job: dict[str, Any]) -> bool:
 def bhist(argv: list[str]) -> None:
     """``bhist -l [-n N] ref``: how each element ended, from the emulated event log."""
     refs = [a for a in argv if re.fullmatch(r"\d+(\[\d+\])?", a)]
+    with open(state_dir() / "bhist_calls", "a") as calls:
+        calls.write(shlex.join(argv) + "\n")
     if os.environ.get("LSF_EMULATOR_NO_HISTORY") == "1":
         print("No matching job found", file=sys.stderr)
         sys.exit(255)
@@ -425,8 +504,8 @@ def bhist(argv: list[str]) -> None:
                 continue
             ref = f"{job_id}[{index}]" if index != "0" else str(job_id)
             print(f"Job <{ref}>, Job Name <{job['name']}>, User <emulated>, Project <default>")
-            if element.get("history"):
-                print(element["history"])
+            for event in element["history"]:
+                print(event)
 
 
 def set_state(job_id: int, index: int, stat: str) -> None:
@@ -434,54 +513,80 @@ def set_state(job_id: int, index: int, stat: str) -> None:
     update(job_id, index, stat=stat)
 
 
-def _signal_elements(argv: list[str], action: str, **flags: Any) -> None:
-    """Flag the elements, then kill them asynchronously, as LSF's daemons do: the command may
-    run inside the very job it acts on (a job requeueing itself)."""
-    for job_id, only in _refs([a for a in argv if not a.startswith("-")]):
+def bkill(argv: list[str]) -> None:
+    """``bkill ref ...`` ends the elements (asynchronously, as LSF's daemons do: the command may
+    run inside the job it acts on); ``bkill -s SIG ref`` only signals the running ones' job
+    shells. A finished job is reported, the others still ended, and the exit status is 255."""
+    signum = getattr(signal, f"SIG{argv[1]}") if argv[:1] == ["-s"] else None
+    status = 0
+    for job_id, only in _refs(argv[2:] if signum else argv):
+        if not job_file(job_id).exists():
+            print(f"Job <{job_id}>: No matching job found", file=sys.stderr)
+            status = 255
+            continue
         for index, element in load(job_id)["elements"].items():
             if only is not None and int(index) != only:
                 continue
-            update(job_id, int(index), **flags)
-            if element["stat"] not in ("PEND", "DONE", "EXIT") and element["pgid"]:  # started
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "tests.lsf_emulator",
-                        "kill-group",
-                        str(element["pgid"]),
-                    ],
-                    start_new_session=True,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
             ref = f"{job_id}[{index}]" if index != "0" else str(job_id)
-            print(f"Job <{ref}> is being {action}")
-
-
-def bkill(argv: list[str]) -> None:
-    """``bkill ref`` ends the elements; ``bkill -s SIG ref`` only signals the running ones."""
-    if argv[:1] != ["-s"]:
-        _signal_elements(argv, "terminated", killed=True)
-        return
-    signum = getattr(signal, f"SIG{argv[1]}")
-    for job_id, only in _refs(argv[2:]):
-        for index, element in load(job_id)["elements"].items():
-            if (only is None or int(index) == only) and element["stat"] == "RUN":
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(element["pgid"], signum)
-                ref = f"{job_id}[{index}]" if index != "0" else str(job_id)
+            if element["stat"] in ("DONE", "EXIT"):
+                print(f"Job <{ref}>: Job has already finished", file=sys.stderr)
+                status = 255
+            elif signum is not None:
+                if element["stat"] == "RUN":
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(element["pgid"], signum)
                 print(f"Job <{ref}> is being signaled")
+            else:
+                update(job_id, int(index), killed=True)
+                if element["stat"] != "PEND" and element["pgid"]:
+                    _kill_later(job_id, int(index), element["pgid"])
+                print(f"Job <{ref}> is being terminated")
+    sys.exit(status)
+
+
+def _kill_later(job_id: int, index: int, pgid: int) -> None:
+    subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.lsf_emulator",
+            "kill-element",
+            *map(str, (job_id, index, pgid)),
+        ],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def brequeue(argv: list[str]) -> None:
+    """Asks mbatchd to requeue: it acts ``LSF_EMULATOR_BREQUEUE_DELAY`` seconds later, on a job
+    that still runs then."""
     if os.environ.get("LSF_EMULATOR_COMPUTE_NODE"):
         raise SystemExit("brequeue: LSF commands are not allowed on compute nodes")
-    _signal_elements(argv, "requeued", requeue=True)
+    delay = float(os.environ.get("LSF_EMULATOR_BREQUEUE_DELAY", "0.5"))
+    for job_id, only in _refs([a for a in argv if not a.startswith("-")]):
+        for index, element in load(job_id)["elements"].items():
+            if (only is None or int(index) == only) and element["stat"] == "RUN":
+                update(job_id, int(index), requeue_at=time.time() + delay)
+                ref = f"{job_id}[{index}]" if index != "0" else str(job_id)
+                print(f"Job <{ref}> is being requeued")
 
 
 # -------------------------------------------------------------------------------- jsrun blaunch
+
+
+def _run_tasks(commands: list[tuple[list[str], dict[str, str]]]) -> None:
+    """Start each task in its own session (as on another host), record it for kills of the job,
+    and exit with the highest exit status. The warning signal is not forwarded: it only reaches
+    the job shell's process group, where this launcher ignores it."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    procs = []
+    for argv, env in commands:
+        procs.append(subprocess.Popen(argv, env=env, start_new_session=True))
+        _register_task(procs[-1].pid)
+    sys.exit(max(proc.wait() % 256 for proc in procs))
 
 
 def jsrun(argv: list[str]) -> None:
@@ -504,13 +609,13 @@ def jsrun(argv: list[str]) -> None:
             opts[short[flag]] = args.pop(0)
         else:
             raise SystemExit(f"jsrun: unknown option {flag}")
-    if opts.get("tasks_per_rs", "1") != "1":
-        raise SystemExit("emulator: one task per resource set only")
     bind = opts.get("bind", "packed:1")
     if not re.fullmatch(r"packed:\d+|rs|none", bind):
         raise SystemExit(f"jsrun: invalid binding {bind}")
-    total, per_host = int(opts["nrs"]), int(opts.get("rs_per_host", opts["nrs"]))
-    procs = []
+    sets, per_set = int(opts["nrs"]), int(opts.get("tasks_per_rs", "1"))
+    per_host = int(opts.get("rs_per_host", opts["nrs"])) * per_set
+    total, gpus = sets * per_set, int(opts.get("gpu_per_rs", "0"))
+    commands = []
     for rank in range(total):
         env = dict(
             os.environ,
@@ -520,25 +625,23 @@ def jsrun(argv: list[str]) -> None:
             JSM_NAMESPACE_LOCAL_SIZE=str(per_host),
             LSF_EMULATOR_COMPUTE_NODE="1",
         )
-        if int(opts.get("gpu_per_rs", "0")):
-            env["CUDA_VISIBLE_DEVICES"] = "0"  # the resource set's own GPU, renumbered
-        procs.append(subprocess.Popen(args, env=env))
-
-    def forward(signum: int, frame: Any) -> None:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signum)
-
-    for sig in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
-    sys.exit(max(proc.wait() for proc in procs))
+        if gpus:  # the resource set's own GPUs, renumbered from 0
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(gpus))
+        commands.append((args, env))
+    _run_tasks(commands)
 
 
 def blaunch(argv: list[str]) -> None:
+    """``blaunch -z HOST [-no-shell | -use-login-shell] COMMAND...``."""
     if argv[:1] != ["-z"]:
-        raise SystemExit("emulator: only blaunch -z HOST COMMAND")
-    os.environ["LSF_EMULATOR_COMPUTE_NODE"] = "1"
-    os.execvp(argv[2], argv[2:])
+        raise SystemExit("emulator: only blaunch -z HOST [-no-shell] COMMAND")
+    command = argv[2:]
+    shell = command[:1] != ["-no-shell"]
+    if command[:1] in (["-no-shell"], ["-use-login-shell"]):
+        command = command[1:]
+    if shell:  # the command line goes through a shell again: its words are split once more
+        command = ["sh", "-c", " ".join(command)]
+    _run_tasks([(command, dict(os.environ, LSF_EMULATOR_COMPUTE_NODE="1"))])
 
 
 def install(bin_dir: str) -> None:
@@ -558,9 +661,9 @@ if __name__ == "__main__":
     verb, rest = sys.argv[1], sys.argv[2:]
     if verb == "run-job":
         run_job(int(rest[0]))
-    elif verb == "kill-group":
+    elif verb == "kill-element":
         time.sleep(0.2)
-        _kill_group(int(rest[0]))
+        _kill_element(int(rest[0]), int(rest[1]), int(rest[2]))
     elif verb == "install":
         install(rest[0])
     else:

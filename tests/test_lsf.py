@@ -19,7 +19,6 @@ import submitit
 
 from hydra_plugins.ue_sweep_launchers.config import LSFConf, SummitConf
 from submitit_lsf.environment import compute_hosts, lsf_job_ref
-from submitit_lsf.executor import LSFJob
 from submitit_lsf.script import make_bsub_script
 from submitit_lsf.watcher import LSFInfoWatcher
 from tests import lsf_emulator
@@ -64,7 +63,7 @@ def test_summit_script_has_the_directives_and_resource_sets_of_the_machine(tmp_p
     ):
         assert directive in lines
     assert not any(line.startswith(("#BSUB -n ", "#BSUB -R", "#BSUB -M")) for line in lines)
-    assert lines.index("trap 'kill -USR2 \"${tasks[@]}\" 2>/dev/null' USR2") < next(
+    assert lines.index("trap 'echo USR2 > \"$UE_LSF_SIGNAL_MARKER\"' USR2") < next(
         i for i, line in enumerate(lines) if line.startswith("jsrun")
     )
 
@@ -93,7 +92,7 @@ def test_the_plain_lsf_preset_uses_slots_span_and_blaunch(tmp_path):
     lines = script.splitlines()
     assert "#BSUB -n 8" in lines and '#BSUB -R "span[ptile=4]"' in lines
     assert "-nnodes" not in script and "jsrun" not in script
-    assert 'blaunch -z "$host" env UE_LSF_RANK=$rank' in script
+    assert 'blaunch -z "$host" -no-shell env UE_LSF_RANK=$rank' in script
     assert "export UE_LSF_LAUNCH_HOST=" in lines, "the job shell runs on a compute host"
 
 
@@ -104,11 +103,12 @@ def test_slots_mode_reserves_cpus_per_task_slots_per_rank_and_memory_per_host(tm
     )
     lines = script.splitlines()
     assert "#BSUB -n 24" in lines and '#BSUB -R "span[ptile=12]"' in lines
-    assert '#BSUB -gpu "num=4"' in lines
-    assert '#BSUB -R "rusage[mem=16GB]"' in lines and "-M" not in script
+    assert '#BSUB -gpu "num=4/host"' in lines
+    assert '#BSUB -R "rusage[mem=16GB/host]"' in lines and "-M" not in script
     mpirun = make_bsub_script("cmd", tmp_path, nodes=2, tasks_per_node=4, task_launcher="mpirun")
     assert "mpirun -np 8 --map-by ppr:4:node -x SUBMITIT_EXECUTOR" in mpirun
     assert "-x UE_LSF_LAUNCH_HOST" in mpirun and "-x UE_LSF_REQUEUE_MARKER" in mpirun
+    assert "-x UE_LSF_SIGNAL_MARKER" in mpirun
 
 
 def test_log_paths_are_quoted(tmp_path):
@@ -192,20 +192,6 @@ def test_rank_0_fails_fast_when_the_master_is_not_its_own_host(monkeypatch):
         env_from_launcher()
     monkeypatch.setenv("UE_LSF_RANK", "1")
     assert env_from_launcher().master_addr == "192.0.2.1", "other ranks only connect"
-
-
-@pytest.fixture
-def lsf(tmp_path, monkeypatch) -> Path:
-    """The emulated LSF commands first on PATH, with their own state directory."""
-    bin_dir = tmp_path / "lsf-bin"
-    bin_dir.mkdir()
-    lsf_emulator.install(str(bin_dir))
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("LSF_EMULATOR_STATE", str(tmp_path / "lsf-state"))
-    # a watcher of this test's jobs only: emulated job ids start again at 1000 in every test
-    monkeypatch.setattr(LSFJob, "watcher", LSFInfoWatcher(delay_s=1))
-    monkeypatch.setattr(LSFJob, "_results_timeout_s", 1)
-    return tmp_path
 
 
 def _where() -> tuple:
@@ -366,7 +352,8 @@ def _requeue_once(counter: Path) -> str:
 
 
 def test_rank_0_requeues_through_the_job_shell(lsf):
-    # item 9: the emulator refuses brequeue inside tasks, as sites without LSF on compute nodes
+    # item 9: the emulator refuses brequeue inside tasks, as sites without LSF on compute nodes;
+    # the job shell's exit code, named by bsub -Q, requeues the job
     executor = submitit.AutoExecutor(folder=lsf / "jobs" / "%j", cluster="lsf")
     executor.update_parameters(timeout_min=10, lsf_allocation="nnodes", lsf_task_launcher="jsrun")
     job = executor.submit(_requeue_once, lsf / "counter")
@@ -405,8 +392,9 @@ def test_a_ue_sweep_grid_of_two_task_ddp_jobs_runs_through_lsf(lsf):
 def test_the_warning_signal_checkpoints_and_requeues_and_the_job_finishes(lsf):
     # The warning LSF sends at -wt before the run limit, sent here with bkill -s once the first
     # generator epoch is checkpointed, so that the test does not depend on the machine's speed;
-    # 31 epochs remain to be interrupted. Rank 0 leaves the requeue marker and the job shell
-    # calls brequeue (the emulator refuses it inside tasks).
+    # 31 epochs remain to be interrupted. The signal reaches the job shell only; the task sees
+    # the shell's signal marker. Rank 0 leaves the requeue marker and the job shell exits with
+    # the code of bsub -Q.
     # a run limit far beyond the test, so that -wa never warns on its own
     walltime = ["hydra.launcher.timeout_min=6000"]
     args = ["-m", *LSF_SWEEP, *walltime, *SMOKE, "generator.epochs=32", "hydra.sweep.dir=sweep"]
@@ -428,7 +416,7 @@ def test_the_warning_signal_checkpoints_and_requeues_and_the_job_finishes(lsf):
     (record,) = read_results(lsf / "sweep")
     assert record["status"] == "completed" and record["restarts"] == 1
     (job,) = [json.loads(p.read_text()) for p in (lsf / "lsf-state").glob("job_*.json")]
-    assert job["elements"]["0"]["runs"] == 2, "requeued by brequeue"
+    assert job["elements"]["0"]["runs"] == 2, "requeued by bsub -Q"
     assert "resumed 1x" in output
 
 

@@ -249,7 +249,8 @@ def test_detaching_the_in_process_launcher_is_refused(tmp_path, monkeypatch):
     args = ["-m", *SMOKE, "hydra.launcher.wait=false", "hydra.sweep.dir=s"]
     assert refusal(args, tmp_path, monkeypatch) == (
         "hydra.launcher.wait=false needs a launcher that submits the jobs (local, slurm, "
-        "slurm_gpu, lsf, summit): the basic launcher runs them in this process"
+        "slurm_gpu, frontier, perlmutter, lsf, jsm, summit): the basic launcher runs them in "
+        "this process"
     )
     assert not (tmp_path / "s").exists()
 

@@ -107,6 +107,18 @@ def _finish(
     return [returns[job.num] for job in planned]
 
 
+def task_miopen_cache(root: str, environ: Any) -> Path:
+    """Point MIOpen's user database and kernel cache at this task's own directory under
+    ``root`` (node-local storage, ``$VARS`` expanded): ranks sharing one database on a shared
+    file system fail with disk I/O errors, as OLCF's PyTorch guide warns."""
+    rank = environ.get("SLURM_PROCID") or environ.get("RANK") or "0"
+    path = Path(os.path.expandvars(root)) / f"rank{rank}"
+    path.mkdir(parents=True, exist_ok=True)
+    environ["MIOPEN_USER_DB_PATH"] = str(path)
+    environ["MIOPEN_CUSTOM_CACHE_DIR"] = str(path)
+    return path
+
+
 class JobNotCompletedError(CompactHydraException):
     """A cluster job that ended without a result: Hydra reports it in one line after the sweep."""
 
@@ -207,13 +219,17 @@ class InlineLauncher(BasicLauncher):
 
 class _SubmititSweepLauncher(BaseSubmititLauncher):
     def __init__(self, **params: Any) -> None:
-        # check_only: print the plan, submit nothing; wait: false returns once submitted.
+        # check_only: print the plan, submit nothing; wait: false returns once submitted;
+        # miopen_cache_root: where each task's MIOpen cache goes (frontier).
         self.check_only = bool(params.pop("check_only", False))
         self.wait = bool(params.pop("wait", True))
+        self.miopen_cache_root = params.pop("miopen_cache_root", None)
         super().__init__(**params)
 
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
         """Runs inside the cluster job, once per task."""
+        if self.miopen_cache_root:
+            task_miopen_cache(self.miopen_cache_root, os.environ)
         try:
             return super().__call__(*args, **kwargs)
         except Preempted:
@@ -257,8 +273,9 @@ class _SubmititSweepLauncher(BaseSubmititLauncher):
         table = _table(sweep_dir, self._EXECUTOR, folder, planned)
         active = table.active(job.num for job in todo)
         if self.check_only:
-            kind, params = self._EXECUTOR, self.params
-            log.info("%s", format_plan(sweep_dir, kind, params, planned, list(skipped), active))
+            params = {**self.params, "miopen_cache_root": self.miopen_cache_root}
+            plan = format_plan(sweep_dir, self._EXECUTOR, params, planned, list(skipped), active)
+            log.info("%s", plan)
             return _planned_returns(planned)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         for job in todo:

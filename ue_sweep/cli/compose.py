@@ -67,6 +67,18 @@ def _register_resolvers() -> None:
         lambda: "" if launcher_rank() == 0 else f".rank{launcher_rank()}",
         replace=True,
     )
+    # A world size on any launcher preset: `nodes: ${ue_sweep.nodes_for:48,${.tasks_per_node}}`.
+    OmegaConf.register_new_resolver("ue_sweep.nodes_for", nodes_for, replace=True)
+
+
+def nodes_for(world_size: int, tasks_per_node: int) -> int:
+    """The nodes that give ``world_size`` ranks at ``tasks_per_node``; refused if none does."""
+    if tasks_per_node < 1 or world_size % tasks_per_node:
+        raise ValueError(
+            f"a world size of {world_size} is not a whole number of nodes of {tasks_per_node} "
+            "tasks: set hydra.launcher.nodes and tasks_per_node yourself"
+        )
+    return world_size // tasks_per_node
 
 
 def _register_launchers() -> None:

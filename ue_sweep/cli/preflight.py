@@ -92,7 +92,8 @@ def check_command_line(argv: Sequence[str]) -> None:
         if not launcher.get("wait", True) and target.endswith(_IN_PROCESS):
             raise UserError(
                 "hydra.launcher.wait=false needs a launcher that submits the jobs (local, slurm, "
-                "slurm_gpu, lsf, summit): the basic launcher runs them in this process"
+                "slurm_gpu, frontier, perlmutter, lsf, jsm, summit): the basic launcher runs them "
+                "in this process"
             )
         refused: dict[str, list[tuple[int, Sequence[str]]]] = {}
         for num, job in enumerate(grid_overrides(master.hydra)):

@@ -3,7 +3,10 @@
 Through the scheduler (``scancel``, ``bkill``, the local controller), for the jobs given by number
 or every job of the sweep's table. Only jobs the scheduler still holds are cancelled; once they
 have left it, each one's ``result.json`` says ``cancelled``. A completed job is never touched,
-and a job that ended by itself keeps the record it wrote.
+and a job that ended by itself keeps the record it wrote. A job the scheduler refuses to cancel
+(it ended meanwhile) is named with the scheduler's reason; the others are still cancelled and
+recorded. An id whose job was submitted after the table's record of it is not this sweep's and
+is never cancelled.
 """
 
 from __future__ import annotations
@@ -56,13 +59,13 @@ def _wait_until_gone(table: JobTable, ids: Sequence[str], timeout_s: float) -> l
 def cancel(table: JobTable, nums: Sequence[int], timeout_s: float) -> list[str]:
     """Cancel jobs ``nums`` of the sweep; one line per job saying what became of it."""
     jobs = [table.jobs[n] for n in nums]
-    ids = [j.scheduler_id for j in jobs if j.scheduler_id]
-    states = table.scheduler.states(ids) if ids else {}
+    trusted = table.trusted(nums)
+    states = table.scheduler.states(list(trusted.values())) if trusted else {}
     lines: dict[int, str] = {}
     targets = []
     for job in jobs:
         record = read_json(table.job_dir(job) / RESULT_FILE) or {}
-        state = states.get(job.scheduler_id) if job.scheduler_id else None
+        state = states.get(trusted[job.num]) if job.num in trusted else None
         if record.get("status") == "completed":
             lines[job.num] = "completed: left as it is"
         elif state in ACTIVE:
@@ -72,10 +75,15 @@ def cancel(table: JobTable, nums: Sequence[int], timeout_s: float) -> list[str]:
             lines[job.num] = f"not queued or running ({ended}): nothing to cancel"
     if targets:
         target_ids = [str(j.scheduler_id) for j in targets]
-        table.scheduler.cancel(target_ids)
-        held = set(_wait_until_gone(table, target_ids, timeout_s))
+        refused = table.scheduler.cancel(target_ids)
+        killed = [i for i in target_ids if i not in refused]
+        held = set(_wait_until_gone(table, killed, timeout_s)) if killed else set()
         command = {"slurm": "scancel", "lsf": "bkill"}.get(table.launcher, "ue-sweep cancel")
         for job in targets:
+            if job.scheduler_id in refused:
+                why = refused[str(job.scheduler_id)]
+                lines[job.num] = f"could not be cancelled: {job.scheduler_id}: {why}"
+                continue
             reason = f"cancelled with {command} {job.scheduler_id} by ue-sweep cancel"
             written = record_cancelled(table, job, reason)
             what = "cancelled" if written else "completed before the cancel reached it"
@@ -116,4 +124,4 @@ def main(argv: Sequence[str]) -> int:
         print(f"ue-sweep cancel: {err}", file=sys.stderr)
         return 2
     print("\n".join(lines))
-    return 0
+    return 1 if any("could not be cancelled" in line for line in lines) else 0

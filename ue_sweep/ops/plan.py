@@ -15,6 +15,7 @@ RESOURCE_KEYS = (
     "nodes",
     "tasks_per_node",
     "gpus_per_node",
+    "gpus_per_task",
     "cpus_per_task",
     "mem_gb",
     "timeout_min",
@@ -28,6 +29,11 @@ RESOURCE_KEYS = (
     "allocation",
     "alloc_flags",
     "task_launcher",
+    "resource_sets",
+    "srun_args",
+    "additional_parameters",
+    "setup",
+    "miopen_cache_root",
     "array_parallelism",
 )
 
@@ -35,9 +41,20 @@ RESOURCE_KEYS = (
 def resources(params: Mapping[str, Any]) -> str:
     """``nodes=2 tasks_per_node=4 ...``: the launcher settings each job is submitted with."""
     shown = [
-        f"{key}={params[key]}" for key in RESOURCE_KEYS if params.get(key) not in (None, "", [])
+        f"{key}={_value(params[key])}"
+        for key in RESOURCE_KEYS
+        if params.get(key) not in (None, "", [], {})
     ]
     return " ".join(shown) or "no scheduler resources (runs in this process)"
+
+
+def _value(value: Any) -> str:
+    """A setting as it would be typed: lists and mappings without Python's quotes."""
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{v}" for k, v in value.items()) + "}"
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value)
 
 
 def format_plan(

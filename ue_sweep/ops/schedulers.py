@@ -3,11 +3,14 @@
 Job ids are submitit's: ``<array>_<index>`` or ``<id>`` on SLURM and LSF, the controller's pid on
 ``local``. States are SLURM's words (LSF's are mapped by submitit_lsf's watcher): an id the
 scheduler does not know (any more) has no state, and the job's own records say how it ended.
+Ids roll over (LSF's at 999999 by default), so the job table trusts an id only together with
+when it was submitted (``submit_times``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import re
 import signal
@@ -71,16 +74,48 @@ def _expand(job_id: str) -> list[str]:
     return out
 
 
-def parse_pipe_table(text: str) -> dict[str, str]:
-    """``id|STATE`` lines (squeue ``-o '%i|%T'``, ``sacct -P -o JobID,State``) -> id -> state."""
+def parse_pipe_table(text: str, raw: bool = False) -> dict[str, str]:
+    """``id|STATE`` lines (squeue ``-o '%i|%T'``, ``sacct -P -o JobID,State``) -> id -> state
+    (or the second column as it is, ``raw=True``)."""
     states: dict[str, str] = {}
     for line in text.splitlines():
         job_id, sep, state = line.strip().partition("|")
         if not sep or not re.match(r"\d", job_id):
             continue
         for element in _expand(job_id):
-            states[element] = normalize(state)
+            states[element] = state.strip() if raw else normalize(state)
     return states
+
+
+# "scancel: error: Kill job error on job id 12_3: Job/step already completing or completed"
+SCANCEL_ERROR = re.compile(r"job id (?P<id>[\d_]+): (?P<why>[^\n]+)")
+# bkill: "Job <12[3]> is being terminated", "Job <12>: Job has already finished"
+BKILL_DONE = re.compile(r"Job <(?P<ref>[^>]+)> is being (terminated|signaled)")
+BKILL_ERROR = re.compile(r"Job <(?P<ref>[^>]+)>: (?P<why>[^\n]+)")
+
+
+def local_epoch(text: str) -> float | None:
+    """Seconds since the epoch of a scheduler's local time stamp, or None if it is not one.
+
+    SLURM: ``2026-12-02T22:40:01``; LSF's ``bjobs -o submit_time``: ``Dec  2 22:40`` (a year
+    after it with LSB_DISPLAY_YEAR, seconds with some versions; without a year, the latest such
+    date that is not in the future)."""
+    text = " ".join(text.split())
+    if not text or text in ("-", "Unknown", "None"):
+        return None
+    with contextlib.suppress(ValueError):
+        return datetime.datetime.fromisoformat(text).timestamp()
+    now = datetime.datetime.now()
+    for fmt in ("%b %d %H:%M %Y", "%b %d %H:%M:%S %Y"):
+        for stamp, guessed in ((text, False), (f"{text} {now.year}", True)):
+            try:
+                when = datetime.datetime.strptime(stamp, fmt)
+            except ValueError:
+                continue
+            if guessed and when > now + datetime.timedelta(days=1):
+                when = when.replace(year=now.year - 1)
+            return when.timestamp()
+    return None
 
 
 class Scheduler:
@@ -92,7 +127,12 @@ class Scheduler:
         """The state of every id the scheduler knows; ids it does not know are left out."""
         return {}
 
-    def cancel(self, ids: Sequence[str]) -> None:
+    def submit_times(self, ids: Sequence[str]) -> dict[str, float]:
+        """When the scheduler's job of each id was submitted (epoch seconds), where it says."""
+        return {}
+
+    def cancel(self, ids: Sequence[str]) -> dict[str, str]:
+        """Cancel the jobs; the ids it could not cancel, each with the scheduler's reason."""
         raise SchedulerError(
             "the jobs of this sweep run inside its ue-sweep process, one after another: stop "
             "that process (Ctrl-C, or kill its pid from a job's result.json)"
@@ -121,10 +161,32 @@ class SlurmScheduler(Scheduler):
                     states[job_id] = state
         return {i: states[i] for i in ids if i in states}
 
-    def cancel(self, ids: Sequence[str]) -> None:
+    def submit_times(self, ids: Sequence[str]) -> dict[str, float]:
+        """``squeue`` %V, then ``sacct``'s Submit for jobs the controller has forgotten."""
+        if not ids:
+            return {}
+        bases = sorted({i.split("_")[0] for i in ids})
+        queue = _run(["squeue", "-h", "-r", "--states=all", "-o", "%i|%V", "-j", ",".join(bases)])
+        times = parse_pipe_table(queue.stdout, raw=True) if queue is not None else {}
+        missing = [i for i in ids if i not in times]
+        if missing:
+            acct = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,Submit", "-j", ",".join(missing)])
+            times |= parse_pipe_table(acct.stdout, raw=True) if acct is not None else {}
+        epochs = {i: local_epoch(times[i]) for i in ids if i in times}
+        return {i: t for i, t in epochs.items() if t is not None}
+
+    def cancel(self, ids: Sequence[str]) -> dict[str, str]:
+        """``scancel`` of all the ids; one that ended meanwhile does not stop the others, and its
+        error line names it."""
         done = _run(["scancel", *ids])
-        if done is None or done.returncode != 0:
-            raise SchedulerError(f"scancel failed: {done.stderr.strip() if done else 'not found'}")
+        if done is None:
+            return dict.fromkeys(ids, "scancel not found or timed out")
+        if done.returncode == 0:
+            return {}
+        errors = {m["id"]: m["why"] for m in SCANCEL_ERROR.finditer(done.stderr)}
+        if not errors:  # not a per-job error: nothing can be said to be cancelled
+            return dict.fromkeys(ids, done.stderr.strip() or f"scancel exit {done.returncode}")
+        return {i: errors[i] for i in ids if i in errors}
 
 
 class LSFScheduler(Scheduler):
@@ -155,12 +217,44 @@ class LSFScheduler(Scheduler):
                 states[job_id] = normalize(info["State"])
         return states
 
-    def cancel(self, ids: Sequence[str]) -> None:
+    def submit_times(self, ids: Sequence[str]) -> dict[str, float]:
+        """``bjobs -o submit_time``, per element; jobs LSF has forgotten are left out."""
+        from submitit_lsf.watcher import JOB_ID
+
+        if not ids:
+            return {}
+        bases = sorted({i.split("_")[0] for i in ids})
+        fmt = "jobid jobindex submit_time delimiter='|'"
+        done = _run(["bjobs", "-a", "-noheader", "-o", fmt, *bases])
+        times: dict[str, float] = {}
+        for line in done.stdout.splitlines() if done is not None else []:
+            fields = line.strip().split("|")
+            match = JOB_ID.fullmatch(fields[0])
+            if len(fields) != 3 or match is None:
+                continue
+            index = match["index"] or fields[1]
+            key = match["job"] if index in ("", "0", "-") else f"{match['job']}_{int(index) - 1}"
+            when = local_epoch(fields[2])
+            if key in ids and when is not None:
+                times[key] = when
+        return times
+
+    def cancel(self, ids: Sequence[str]) -> dict[str, str]:
+        """``bkill`` of all the ids, each one's outcome read from its own line: bkill exits
+        non-zero as soon as one of them has ended, yet ends the others."""
         from submitit_lsf.environment import lsf_job_ref
 
-        done = _run(["bkill", *(lsf_job_ref(i) for i in ids)])
-        if done is None or done.returncode != 0:
-            raise SchedulerError(f"bkill failed: {done.stderr.strip() if done else 'not found'}")
+        refs = {lsf_job_ref(i): i for i in ids}
+        done = _run(["bkill", *refs])
+        if done is None:
+            return dict.fromkeys(ids, "bkill not found or timed out")
+        output = done.stdout + "\n" + done.stderr
+        killed = {refs[m["ref"]] for m in BKILL_DONE.finditer(output) if m["ref"] in refs}
+        errors = {
+            refs[m["ref"]]: m["why"] for m in BKILL_ERROR.finditer(output) if m["ref"] in refs
+        }
+        why = done.stderr.strip() or f"bkill exit {done.returncode}"
+        return {i: errors.get(i, why) for i in ids if i not in killed}
 
 
 class LocalScheduler(Scheduler):
@@ -184,7 +278,7 @@ class LocalScheduler(Scheduler):
             return {}  # another host's processes cannot be looked up
         return {i: "RUNNING" for i in ids if self._controller(i)}
 
-    def cancel(self, ids: Sequence[str]) -> None:
+    def cancel(self, ids: Sequence[str]) -> dict[str, str]:
         """SIGINT to each controller, as submitit's ``LocalJob.cancel`` sends: it stops its tasks
         and exits. A controller started in the background of a script ignores SIGINT, and the
         tasks ignore SIGTERM (submitit's job environment), so after ``KILL_WAIT_S`` its tasks
@@ -202,6 +296,7 @@ class LocalScheduler(Scheduler):
             for task in _descendants(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(task, signal.SIGKILL)
+        return {}
 
 
 def _descendants(pid: int) -> list[int]:

@@ -141,16 +141,19 @@ def _row(
 
 
 def _rows_from_table(table: JobTable) -> list[JobRow]:
-    ids = [j.scheduler_id for j in table.jobs.values() if j.scheduler_id]
     try:
-        states = table.scheduler.states(ids)
+        ids = table.trusted(table.jobs)
+        states = table.scheduler.states(list(ids.values()))
     except SchedulerError:
-        states = {}
-    return [_table_row(table, job, states) for _, job in sorted(table.jobs.items())]
+        ids, states = {}, {}
+    return [_table_row(table, job, ids, states) for _, job in sorted(table.jobs.items())]
 
 
-def _table_row(table: JobTable, job: TableJob, states: dict[str, str]) -> JobRow:
-    sched = states.get(job.scheduler_id) if job.scheduler_id else None
+def _table_row(
+    table: JobTable, job: TableJob, ids: dict[int, str], states: dict[str, str]
+) -> JobRow:
+    """A job whose id names another job now (a rolled-over id) shows no scheduler state."""
+    sched = states.get(ids[job.num]) if job.num in ids else None
     return _row(job.num, job.label, table.job_dir(job), job.scheduler_id, sched)
 
 

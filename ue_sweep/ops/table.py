@@ -2,11 +2,14 @@
 
 Written by the launcher right after it submits (and before it waits), so ``ue-sweep status``
 and ``cancel`` work from any shell. A job keeps the scheduler id of its latest submission while
-the grid is re-run; a job whose configuration changed starts a fresh entry.
+the grid is re-run; a job whose configuration changed starts a fresh entry. An id counts only
+together with its submission time: the scheduler's job of that id must not have been submitted
+after it (ids roll over, LSF's at 999999 by default, and an old id may name another job).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 from collections.abc import Iterable, Mapping
@@ -19,6 +22,9 @@ from ue_sweep.runtime.tracking import atomic_write_json, now
 
 JOB_TABLE = "jobs.json"
 FORMAT = 1
+# How much later than the recorded submission the scheduler may date the same job (clocks, a
+# grid submitted as several arrays); a job of that id submitted later is another one.
+SUBMIT_SLACK_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -111,10 +117,30 @@ class JobTable:
         for num, job_id in ids.items():
             self.jobs[num] = replace(self.jobs[num], scheduler_id=job_id, submitted_at=at)
 
+    def trusted(self, nums: Iterable[int]) -> dict[int, str]:
+        """num -> scheduler id, for the jobs among ``nums`` whose id still names their own job:
+        recorded with its submission time, and not dated later than that by the scheduler."""
+        known = {
+            n: (job.scheduler_id, job.submitted_at)
+            for n in nums
+            if (job := self.jobs.get(n)) is not None and job.scheduler_id and job.submitted_at
+        }
+        if not known:
+            return {}
+        times = self.scheduler.submit_times([i for i, _ in known.values()])
+        out = {}
+        for num, (job_id, at) in known.items():
+            try:
+                ours = datetime.datetime.fromisoformat(at).timestamp()
+            except ValueError:
+                continue
+            if times.get(job_id, ours) <= ours + SUBMIT_SLACK_S:
+                out[num] = job_id
+        return out
+
     def active(self, nums: Iterable[int]) -> dict[int, str]:
         """Jobs among ``nums`` whose latest submission is still queued or running: num -> id."""
-        ids = {n: self.jobs[n].scheduler_id for n in nums if n in self.jobs}
-        known = {n: i for n, i in ids.items() if i is not None}
+        known = self.trusted(nums)
         states = self.scheduler.states(list(known.values())) if known else {}
         return {n: i for n, i in known.items() if states.get(i) in ACTIVE}
 
