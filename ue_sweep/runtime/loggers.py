@@ -22,12 +22,13 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import numpy as np
-
 from ue_sweep.config import LoggerConfig
+
+if TYPE_CHECKING:  # the command line imports this module; numpy is for the hints only
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
