@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import re
 import shlex
 import shutil
@@ -11,13 +10,14 @@ import sys
 import typing as tp
 import uuid
 from collections.abc import Sequence
+from dataclasses import fields
 from functools import cache
 from pathlib import Path
 
 from submitit.core import core, utils
 
 from submitit_lsf.environment import lsf_job_ref
-from submitit_lsf.script import MAX_ARRAY_SIZE, make_bsub_script
+from submitit_lsf.script import MAX_ARRAY_SIZE, BsubOptions, make_bsub_script
 from submitit_lsf.watcher import LSFInfoWatcher
 
 
@@ -40,18 +40,13 @@ class LSFJob(core.Job[core.R]):
 
 @cache
 def _default_parameters() -> dict[str, tp.Any]:
-    spec = inspect.signature(make_bsub_script)
-    return {
-        name: p.default
-        for name, p in spec.parameters.items()
-        if name not in {"command", "folder", "map_count"}
-    }
+    return {f.name: f.default for f in fields(BsubOptions) if f.name != "map_count"}
 
 
 class LSFExecutor(core.PicklingExecutor):
     """Submits pickled callables to LSF; every task of a job runs the callable.
 
-    Parameters are those of :func:`submitit_lsf.script.make_bsub_script` (``walltime_min``,
+    Parameters are the fields of :class:`submitit_lsf.script.BsubOptions` (``walltime_min``,
     ``nodes``, ``tasks_per_node``, ``queue``, ``project``, ``alloc_flags``, ``task_launcher``...).
     """
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from submitit.core.utils import JobPaths
 
@@ -58,56 +60,74 @@ def _quoted_path(path: str) -> str:
     return f'"{path}"'
 
 
-def _directives(
-    job_name: str,
-    folder: Path,
-    walltime_min: int,
-    nodes: int,
-    tasks_per_node: int,
-    gpus_per_node: int | None,
-    cpus_per_task: int | None,
-    mem_gb: int | None,
-    queue: str | None,
-    project: str | None,
-    allocation: str,
-    alloc_flags: str | None,
-    warning_signal: str | None,
-    warning_time_min: int,
-    requeue_exit_code: int,
-    directives: Sequence[str],
-    stderr_to_stdout: bool,
-    map_count: int | None,
-    array_parallelism: int,
-) -> list[str]:
-    name = job_name
-    if map_count is not None:
-        name = f"{job_name}[1-{map_count}]%{min(map_count, array_parallelism)}"
-    lines = [f"-J {shlex.quote(name)}", f"-W {walltime_min}"]
-    if allocation == "nnodes":  # whole nodes (Summit's CSM allocation)
-        lines.append(f"-nnodes {nodes}")
+@dataclass(frozen=True)
+class BsubOptions:
+    """Everything a job script can ask of LSF; checked when made, before anything is submitted.
+
+    The fields are the LSF executor's parameters (``LSFExecutor.update_parameters``), as
+    submitit's SLURM parameters are those of its ``sbatch`` script.
+    """
+
+    job_name: str = "submitit"
+    walltime_min: int = 60
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: int | None = None
+    queue: str | None = None
+    project: str | None = None
+    allocation: str = "slots"
+    alloc_flags: str | None = None
+    task_launcher: str = "blaunch"
+    smpiargs: str | None = None
+    launcher_args: Sequence[str] = ()
+    resource_sets: str = "task"
+    warning_signal: str | None = "USR2"
+    warning_time_min: int = 5
+    requeue_exit_code: int = REQUEUE_EXIT_CODE
+    directives: Sequence[str] = ()
+    setup: Sequence[str] = ()
+    array_parallelism: int = 256
+    max_array_size: int = MAX_ARRAY_SIZE
+    stderr_to_stdout: bool = False
+    # Jobs in the array this script submits; None: a plain job. Set per submission.
+    map_count: int | None = None
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+def _directives(o: BsubOptions, folder: Path) -> list[str]:
+    name = o.job_name
+    if o.map_count is not None:
+        name = f"{o.job_name}[1-{o.map_count}]%{min(o.map_count, o.array_parallelism)}"
+    lines = [f"-J {shlex.quote(name)}", f"-W {o.walltime_min}"]
+    if o.allocation == "nnodes":  # whole nodes (Summit's CSM allocation)
+        lines.append(f"-nnodes {o.nodes}")
     else:  # a slot is a core: each rank takes cpus_per_task of them
-        per_host = tasks_per_node * (cpus_per_task or 1)
-        lines += [f"-n {nodes * per_host}", f'-R "span[ptile={per_host}]"']
+        per_host = o.tasks_per_node * (o.cpus_per_task or 1)
+        lines += [f"-n {o.nodes * per_host}", f'-R "span[ptile={per_host}]"']
         # "/host" (LSF 10.1.0.9): per host even where RESOURCE_RESERVE_PER_TASK=Y would
         # otherwise multiply the request by the host's slots.
-        if gpus_per_node:
-            lines.append(f'-gpu "num={gpus_per_node}/host"')
-        if mem_gb is not None:
-            lines.append(f'-R "rusage[mem={mem_gb}GB/host]"')
-    if queue:
-        lines.append(f"-q {shlex.quote(queue)}")
-    if project:
-        lines.append(f"-P {shlex.quote(project)}")
-    if alloc_flags:
-        lines.append(f'-alloc_flags "{alloc_flags}"')
+        if o.gpus_per_node:
+            lines.append(f'-gpu "num={o.gpus_per_node}/host"')
+        if o.mem_gb is not None:
+            lines.append(f'-R "rusage[mem={o.mem_gb}GB/host]"')
+    if o.queue:
+        lines.append(f"-q {shlex.quote(o.queue)}")
+    if o.project:
+        lines.append(f"-P {shlex.quote(o.project)}")
+    if o.alloc_flags:
+        lines.append(f'-alloc_flags "{o.alloc_flags}"')
     log = str(folder / "lsf_%J_%I")
     lines.append(f"-o {_quoted_path(log + '.out')}")
-    if not stderr_to_stdout:
+    if not o.stderr_to_stdout:
         lines.append(f"-e {_quoted_path(log + '.err')}")
-    if warning_signal:
-        lines += [f"-wa {warning_signal}", f"-wt {warning_time_min}"]
-    lines.append(f'-Q "{requeue_exit_code}"')
-    lines += list(directives)
+    if o.warning_signal:
+        lines += [f"-wa {o.warning_signal}", f"-wt {o.warning_time_min}"]
+    lines.append(f'-Q "{o.requeue_exit_code}"')
+    lines += list(o.directives)
     return [f"#BSUB {line}" for line in lines]
 
 
@@ -125,44 +145,34 @@ COMPUTE_HOSTS = (
 )
 
 
-def _task_lines(
-    command: str,
-    task_launcher: str,
-    nodes: int,
-    tasks_per_node: int,
-    gpus_per_node: int | None,
-    cpus_per_task: int | None,
-    smpiargs: str | None,
-    launcher_args: Sequence[str],
-    resource_sets: str,
-) -> list[str]:
-    total = nodes * tasks_per_node
-    extra = " ".join(launcher_args)
-    if task_launcher == "jsrun":  # each task bound to its own cpus_per_task cores
-        cpus = cpus_per_task or 1
-        if resource_sets == "node":
-            sets, tasks, set_cpus = nodes, tasks_per_node, tasks_per_node * cpus
-            set_gpus, per_host = gpus_per_node or 0, 1
+def _task_lines(command: str, o: BsubOptions) -> list[str]:
+    total = o.nodes * o.tasks_per_node
+    extra = " ".join(o.launcher_args)
+    if o.task_launcher == "jsrun":  # each task bound to its own cpus_per_task cores
+        cpus = o.cpus_per_task or 1
+        if o.resource_sets == "node":
+            sets, tasks, set_cpus = o.nodes, o.tasks_per_node, o.tasks_per_node * cpus
+            set_gpus, per_host = o.gpus_per_node or 0, 1
         else:
-            sets, tasks, set_cpus, set_gpus = total, 1, cpus, 1 if gpus_per_node else 0
-            per_host = tasks_per_node
+            sets, tasks, set_cpus, set_gpus = total, 1, cpus, 1 if o.gpus_per_node else 0
+            per_host = o.tasks_per_node
         prefix = (
             f"jsrun -n {sets} -a {tasks} -c {set_cpus} -g {set_gpus} -r {per_host} -b packed:{cpus}"
         )
-        if smpiargs:  # OLCF's spelling: --smpiargs="-disable_gpu_hooks"
-            prefix += f' --smpiargs="{smpiargs}"'
+        if o.smpiargs:  # OLCF's spelling: --smpiargs="-disable_gpu_hooks"
+            prefix += f' --smpiargs="{o.smpiargs}"'
         return [_background(prefix, extra, command), 'tasks+=("$!")']
-    if task_launcher == "mpirun":
-        variables = (*FORWARDED, "UE_LSF_CPUS_PER_TASK") if cpus_per_task else FORWARDED
+    if o.task_launcher == "mpirun":
+        variables = (*FORWARDED, "UE_LSF_CPUS_PER_TASK") if o.cpus_per_task else FORWARDED
         forward = " ".join(f"-x {var}" for var in variables)
-        prefix = f"mpirun -np {total} --map-by ppr:{tasks_per_node}:node {forward}"
+        prefix = f"mpirun -np {total} --map-by ppr:{o.tasks_per_node}:node {forward}"
         return [_background(prefix, extra, command), 'tasks+=("$!")']
     ranks = f"env UE_LSF_RANK=$rank UE_LSF_LOCAL_RANK=$local_rank UE_LSF_SIZE={total}"
     return [  # blaunch: tasks_per_node tasks on each compute host, ranks numbered here
         COMPUTE_HOSTS,
         "rank=0",
         "for host in $hosts; do",
-        f"  for local_rank in $(seq 0 {tasks_per_node - 1}); do",
+        f"  for local_rank in $(seq 0 {o.tasks_per_node - 1}); do",
         # -no-shell: blaunch would otherwise re-split the command through a shell.
         "    " + _background('blaunch -z "$host" -no-shell', extra, ranks, command),
         '    tasks+=("$!")',
@@ -222,134 +232,57 @@ fi
 exit $status"""
 
 
-def _validate(
-    task_launcher: str,
-    allocation: str,
-    walltime_min: int,
-    nodes: int,
-    tasks_per_node: int,
-    gpus_per_node: int | None,
-    mem_gb: int | None,
-    warning_signal: str | None,
-    warning_time_min: int,
-    map_count: int | None,
-    max_array_size: int,
-    resource_sets: str,
-    requeue_exit_code: int,
-) -> None:
-    if task_launcher not in TASK_LAUNCHERS:
-        raise ValueError(f"task_launcher={task_launcher!r}: expected one of {TASK_LAUNCHERS}")
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f"allocation={allocation!r}: expected one of {ALLOCATIONS}")
-    if resource_sets not in RESOURCE_SETS:
-        raise ValueError(f"resource_sets={resource_sets!r}: expected one of {RESOURCE_SETS}")
-    if resource_sets == "node" and task_launcher != "jsrun":
+def _validate(o: BsubOptions) -> None:
+    if o.task_launcher not in TASK_LAUNCHERS:
+        raise ValueError(f"task_launcher={o.task_launcher!r}: expected one of {TASK_LAUNCHERS}")
+    if o.allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation={o.allocation!r}: expected one of {ALLOCATIONS}")
+    if o.resource_sets not in RESOURCE_SETS:
+        raise ValueError(f"resource_sets={o.resource_sets!r}: expected one of {RESOURCE_SETS}")
+    if o.resource_sets == "node" and o.task_launcher != "jsrun":
         raise ValueError("resource_sets=node is a jsrun setting: use it with task_launcher=jsrun")
-    if not 1 <= requeue_exit_code <= 255:
-        raise ValueError(f"requeue_exit_code={requeue_exit_code}: expected 1..255 (bsub -Q)")
-    if walltime_min < 1 or nodes < 1 or tasks_per_node < 1:
+    if not 1 <= o.requeue_exit_code <= 255:
+        raise ValueError(f"requeue_exit_code={o.requeue_exit_code}: expected 1..255 (bsub -Q)")
+    if o.walltime_min < 1 or o.nodes < 1 or o.tasks_per_node < 1:
         raise ValueError("walltime_min, nodes and tasks_per_node must be >= 1")
-    if gpus_per_node and gpus_per_node != tasks_per_node:
+    if o.gpus_per_node and o.gpus_per_node != o.tasks_per_node:
         raise ValueError(
-            f"gpus_per_node={gpus_per_node} with tasks_per_node={tasks_per_node}: a DDP rank uses "
-            "one GPU, so a GPU job needs one task per GPU (set both to the same number)"
+            f"gpus_per_node={o.gpus_per_node} with tasks_per_node={o.tasks_per_node}: a DDP rank "
+            "uses one GPU, so a GPU job needs one task per GPU (set both to the same number)"
         )
-    if mem_gb is not None and allocation == "nnodes":
+    if o.mem_gb is not None and o.allocation == "nnodes":
         raise ValueError(
             "mem_gb with allocation=nnodes: whole-node allocations get all of the node's memory; "
             "drop mem_gb"
         )
-    if warning_signal and not 0 < warning_time_min < walltime_min:
+    if o.warning_signal and not 0 < o.warning_time_min < o.walltime_min:
         raise ValueError(
-            f"warning_time_min={warning_time_min} must be between 0 and walltime_min="
-            f"{walltime_min} (exclusive): the job needs time to run before the warning"
+            f"warning_time_min={o.warning_time_min} must be between 0 and walltime_min="
+            f"{o.walltime_min} (exclusive): the job needs time to run before the warning"
         )
-    if map_count is not None and map_count > max_array_size:
-        raise ValueError(f"an array of {map_count} jobs exceeds max_array_size={max_array_size}")
+    if o.map_count is not None and o.map_count > o.max_array_size:
+        raise ValueError(
+            f"an array of {o.map_count} jobs exceeds max_array_size={o.max_array_size}"
+        )
 
 
-def make_bsub_script(
-    command: str,
-    folder: str | Path,
-    job_name: str = "submitit",
-    walltime_min: int = 60,
-    nodes: int = 1,
-    tasks_per_node: int = 1,
-    gpus_per_node: int | None = None,
-    cpus_per_task: int | None = None,
-    mem_gb: int | None = None,
-    queue: str | None = None,
-    project: str | None = None,
-    allocation: str = "slots",
-    alloc_flags: str | None = None,
-    task_launcher: str = "blaunch",
-    smpiargs: str | None = None,
-    launcher_args: Sequence[str] = (),
-    resource_sets: str = "task",
-    warning_signal: str | None = "USR2",
-    warning_time_min: int = 5,
-    requeue_exit_code: int = REQUEUE_EXIT_CODE,
-    directives: Sequence[str] = (),
-    setup: Sequence[str] = (),
-    array_parallelism: int = 256,
-    max_array_size: int = MAX_ARRAY_SIZE,
-    stderr_to_stdout: bool = False,
-    map_count: int | None = None,
-) -> str:
-    """Text of the job script ``bsub`` reads from stdin; ``command`` runs once per task."""
-    _validate(
-        task_launcher,
-        allocation,
-        walltime_min,
-        nodes,
-        tasks_per_node,
-        gpus_per_node,
-        mem_gb,
-        warning_signal,
-        warning_time_min,
-        map_count,
-        max_array_size,
-        resource_sets,
-        requeue_exit_code,
-    )
+def make_bsub_script(command: str, folder: str | Path, **options: Any) -> str:
+    """Text of the job script ``bsub`` reads from stdin; ``command`` runs once per task.
+
+    ``options`` are the fields of :class:`BsubOptions`; a wrong name or value raises here.
+    """
+    return render(command, folder, BsubOptions(**options))
+
+
+def render(command: str, folder: str | Path, o: BsubOptions) -> str:
+    """The job script of ``o``: directives, the job's variables, one task per rank, the wait."""
     logs = JobPaths.get_first_id_independent_folder(folder)
-    lines = ["#!/bin/bash"]
-    lines += _directives(
-        job_name,
-        logs,
-        walltime_min,
-        nodes,
-        tasks_per_node,
-        gpus_per_node,
-        cpus_per_task,
-        mem_gb,
-        queue,
-        project,
-        allocation,
-        alloc_flags,
-        warning_signal,
-        warning_time_min,
-        requeue_exit_code,
-        directives,
-        stderr_to_stdout,
-        map_count,
-        array_parallelism,
-    )
-    lines += ["", *_job_variables(logs, allocation, cpus_per_task)]
-    lines.append(_forward_warning(warning_signal))
-    if setup:
-        lines += ["", "# setup", *setup]
-    lines += ["", f"# {nodes * tasks_per_node} tasks ({task_launcher}), one rank each"]
-    lines += _task_lines(
-        command,
-        task_launcher,
-        nodes,
-        tasks_per_node,
-        gpus_per_node,
-        cpus_per_task,
-        smpiargs,
-        launcher_args,
-        resource_sets,
-    )
-    lines += ["", WAIT_FOR_TASKS, _requeue(requeue_exit_code), ""]
+    lines = ["#!/bin/bash", *_directives(o, logs)]
+    lines += ["", *_job_variables(logs, o.allocation, o.cpus_per_task)]
+    lines.append(_forward_warning(o.warning_signal))
+    if o.setup:
+        lines += ["", "# setup", *o.setup]
+    lines += ["", f"# {o.nodes * o.tasks_per_node} tasks ({o.task_launcher}), one rank each"]
+    lines += _task_lines(command, o)
+    lines += ["", WAIT_FOR_TASKS, _requeue(o.requeue_exit_code), ""]
     return "\n".join(lines)
