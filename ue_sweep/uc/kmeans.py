@@ -26,7 +26,7 @@ TOL = 1e-4
 # sample gathered on every rank, 80 MB at k=10 and 2048-dim float32 features.
 SAMPLE_PER_CLUSTER = 1000
 MIN_SAMPLE = 10_000
-# Rows per assignment chunk: bounds the [chunk, k] distances and the float64 copy of the rows.
+# Rows per assignment chunk: bounds the [chunk, k] distances and the temporaries of the rows.
 CHUNK = 8192
 
 
@@ -78,10 +78,11 @@ def kmeans_plus_plus(sample: torch.Tensor, k: int, g: torch.Generator) -> torch.
 
 
 def _lloyd_pass(
-    local: torch.Tensor, centers: torch.Tensor, rt: Runtime
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Assign the local rows; return their labels, the all-reduced float64 centre sums with the
-    counts in the last column, and the all-reduced inertia."""
+    local: torch.Tensor, centers: torch.Tensor, rt: Runtime, inertia: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Assign the local rows; return their labels, the all-reduced centre sums (float64, the
+    counts in the last column), and with ``inertia`` the all-reduced sum of squared distances
+    to the assigned centres (computed directly, not by the expanded form the assignment uses)."""
     k, dim = centers.shape
     stats = torch.zeros(k, dim + 2, dtype=torch.float64, device=local.device)
     labels = torch.empty(len(local), dtype=torch.long, device=local.device)
@@ -89,22 +90,22 @@ def _lloyd_pass(
         x = local[start : start + CHUNK].float()
         lab = _sq_dist(x, x.pow(2).sum(1), centers).argmin(1)
         labels[start : start + len(x)] = lab
-        x64 = x.double()
-        stats[:, :dim].index_add_(0, lab, x64)
-        stats[:, dim].index_add_(0, lab, torch.ones_like(lab, dtype=torch.float64))
-        # Exact inertia: distances to the assigned centre, not the expanded form above.
-        stats[0, dim + 1] += (x64 - centers.double()[lab]).pow(2).sum()
+        # float32 within a chunk, float64 across chunks and ranks.
+        stats[:, :dim] += torch.zeros_like(centers).index_add_(0, lab, x)
+        stats[:, dim] += torch.bincount(lab, minlength=k)
+        if inertia:
+            stats[0, dim + 1] += (x - centers[lab]).pow_(2).sum(1, dtype=torch.float64).sum()
     stats = rt.all_reduce_sum(stats)
-    return labels, stats[:, : dim + 1], stats[0, dim + 1]
+    return labels, stats[:, : dim + 1], float(stats[0, dim + 1])
 
 
 def _mean_variance(local: torch.Tensor, rt: Runtime) -> float:
     dim = local.shape[1]
     moments = torch.zeros(2 * dim + 1, dtype=torch.float64, device=local.device)
     for start in range(0, len(local), CHUNK):
-        x = local[start : start + CHUNK].double()
-        moments[:dim] += x.sum(0)
-        moments[dim : 2 * dim] += x.pow(2).sum(0)
+        x = local[start : start + CHUNK].float()
+        moments[:dim] += x.sum(0, dtype=torch.float64)
+        moments[dim : 2 * dim] += x.pow(2).sum(0, dtype=torch.float64)
         moments[-1] += len(x)
     moments = rt.all_reduce_sum(moments)
     n = moments[-1]
@@ -126,8 +127,8 @@ def _one_start(
         centers = new.float()
         if shift <= tol:
             break
-    labels, _, inertia = _lloyd_pass(local, centers, rt)
-    return ShardedFit(ids=labels, centers=centers, inertia=float(inertia), iterations=steps)
+    labels, _, inertia = _lloyd_pass(local, centers, rt, inertia=True)
+    return ShardedFit(ids=labels, centers=centers, inertia=inertia, iterations=steps)
 
 
 def fit_sharded(
