@@ -38,9 +38,13 @@ class ShardedFit:
     iterations: int  # Lloyd steps of the kept start
 
 
+def _sq_norms(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x, dim=1).square_()
+
+
 def _sq_dist(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances ``[n, m]`` by one matrix product, clamped at 0."""
-    return (x_sq[:, None] - 2 * x @ c.T + c.pow(2).sum(1)[None]).clamp_min_(0)
+    return torch.addmm(x_sq[:, None] + _sq_norms(c)[None], x, c.T, alpha=-2).clamp_min_(0)
 
 
 def _row_offsets(rows: int, rt: Runtime) -> tuple[int, int]:
@@ -62,7 +66,7 @@ def kmeans_plus_plus(sample: torch.Tensor, k: int, g: torch.Generator) -> torch.
     """Greedy k-means++ (as scikit-learn: 2 + log k candidates per centre, the one that lowers
     the potential most is kept); the random draws come from ``g`` on the CPU."""
     m = len(sample)
-    x_sq = sample.pow(2).sum(1)
+    x_sq = _sq_norms(sample)
     trials = 2 + int(math.log(k))
     chosen = [int(torch.randint(m, (1,), generator=g))]
     closest = _sq_dist(sample, x_sq, sample[chosen]).squeeze(1).double()
@@ -78,7 +82,11 @@ def kmeans_plus_plus(sample: torch.Tensor, k: int, g: torch.Generator) -> torch.
 
 
 def _lloyd_pass(
-    local: torch.Tensor, centers: torch.Tensor, rt: Runtime, inertia: bool = False
+    local: torch.Tensor,
+    local_sq: torch.Tensor,
+    centers: torch.Tensor,
+    rt: Runtime,
+    inertia: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Assign the local rows; return their labels, the all-reduced centre sums (float64, the
     counts in the last column), and with ``inertia`` the all-reduced sum of squared distances
@@ -88,7 +96,7 @@ def _lloyd_pass(
     labels = torch.empty(len(local), dtype=torch.long, device=local.device)
     for start in range(0, len(local), CHUNK):
         x = local[start : start + CHUNK].float()
-        lab = _sq_dist(x, x.pow(2).sum(1), centers).argmin(1)
+        lab = _sq_dist(x, local_sq[start : start + CHUNK], centers).argmin(1)
         labels[start : start + len(x)] = lab
         # float32 within a chunk, float64 across chunks and ranks.
         stats[:, :dim] += torch.zeros_like(centers).index_add_(0, lab, x)
@@ -114,12 +122,17 @@ def _mean_variance(local: torch.Tensor, rt: Runtime) -> float:
 
 
 def _one_start(
-    local: torch.Tensor, start: torch.Tensor, max_iter: int, tol: float, rt: Runtime
+    local: torch.Tensor,
+    local_sq: torch.Tensor,
+    start: torch.Tensor,
+    max_iter: int,
+    tol: float,
+    rt: Runtime,
 ) -> ShardedFit:
     centers = start.float()
     steps = 0
     for steps in range(1, max_iter + 1):  # noqa: B007 (the count of steps is reported)
-        _, sums, _ = _lloyd_pass(local, centers, rt)
+        _, sums, _ = _lloyd_pass(local, local_sq, centers, rt)
         counts = sums[:, -1:]
         # An empty cluster keeps its centre (rare after k-means++; scikit-learn relocates it).
         new = torch.where(counts > 0, sums[:, :-1] / counts.clamp_min(1), centers.double())
@@ -127,7 +140,7 @@ def _one_start(
         centers = new.float()
         if shift <= tol:
             break
-    labels, _, inertia = _lloyd_pass(local, centers, rt, inertia=True)
+    labels, _, inertia = _lloyd_pass(local, local_sq, centers, rt, inertia=True)
     return ShardedFit(ids=labels, centers=centers, inertia=inertia, iterations=steps)
 
 
@@ -147,10 +160,15 @@ def fit_sharded(
     """
     sample = init_sample(local, k, seed, rt)
     tol = tol * _mean_variance(local, rt) if tol > 0 else 0.0
+    # Squared row norms once per fit: N floats, not a pass over N x D per step.
+    local_sq = torch.cat(
+        [_sq_norms(local[i : i + CHUNK].float()) for i in range(0, len(local), CHUNK)]
+        or [local.new_zeros(0)]
+    )
     best: ShardedFit | None = None
     for i in range(n_init):
         start = kmeans_plus_plus(sample, k, generator(seed, "kmeans-init", i))
-        fit = _one_start(local, start, max_iter, tol, rt)
+        fit = _one_start(local, local_sq, start, max_iter, tol, rt)
         if best is None or fit.inertia < best.inertia:
             best = fit
     assert best is not None  # n_init >= 1 (config rule)
