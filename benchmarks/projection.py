@@ -95,7 +95,8 @@ def _grow(
     """
     from benchmarks.timing import loglog_slope
 
-    units = [_per_unit(stage[str(n)], clock) for n in sizes]
+    # A clock's resolution can read 0 s at tiny N (--quick): floored at a microsecond.
+    units = [max(_per_unit(stage[str(n)], clock), 1e-6) for n in sizes]
     exponent = max(1.0, loglog_slope([float(n) for n in sizes], units))
     return units[-1] * (N / sizes[-1]) ** exponent
 

@@ -11,7 +11,10 @@ def _raw(seconds_per_image: float) -> dict:
     stages = ("kmeans sklearn", "kmeans sharded", "noise", "write .pt", "write shards")
     sizes = (1000, 4000)
     raw = {
-        s: {str(n): {"wall_s": seconds_per_image * n, "cpu_s": seconds_per_image * n} for n in sizes} for s in stages
+        s: {
+            str(n): {"wall_s": seconds_per_image * n, "cpu_s": seconds_per_image * n} for n in sizes
+        }
+        for s in stages
     }
     for s in ("kmeans sklearn", "kmeans sharded"):
         for n in sizes:
