@@ -19,8 +19,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
-# Side-by-side speed ratios (benchmarks/), about 5 minutes on 2 cores; raw figures in
-# benchmarks/results/.
+# Side-by-side speed ratios and the scale projection (benchmarks/), about 35 minutes on 2 cores;
+# raw figures in benchmarks/results/.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import cli_latency, ddp, generators, gpu, input_pipeline, sweep
+from benchmarks import cli_latency, ddp, generators, gpu, input_pipeline, scale, sweep
 from benchmarks.rows import Row, table
 from benchmarks.timing import load_average, machine
 from ue_sweep.config import TrainerConfig
@@ -32,6 +32,7 @@ FULL = {
     "growth_k": (2, 10, 50),
     "ddp_epochs": 2,
     "reps": 2,
+    "scale_sizes": (10_000, 40_000, 160_000),
 }
 QUICK = FULL | {
     "fused_n": 128,
@@ -42,6 +43,7 @@ QUICK = FULL | {
     "growth_k": (2, 10),
     "ddp_epochs": 1,
     "reps": 1,
+    "scale_sizes": (1_000, 2_000, 4_000),
 }
 
 
@@ -62,13 +64,14 @@ def _items(s: dict) -> dict[str, Callable[[], tuple[list[Row], dict]]]:
         "5": sweep.run,
         "6": gpu.run,
         "7": cli_latency.run,
+        "8": lambda: on_one_rank(scale.run, s["scale_sizes"]),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="items to run, e.g. 1,3")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="items to run, e.g. 1,3")
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
     torch.set_num_threads(THREADS)

@@ -182,6 +182,11 @@ class ClustersConfig:
     k: int = setting(10, ge=2)
     n_init: int = setting(10, ge=1)
     max_iter: int = setting(300, ge=1)
+    # `sklearn`: scikit-learn's KMeans on rank 0 over the gathered features (the reference);
+    # `sharded`: k-means over the ranks (uc/kmeans.py), no rank holds all features; `auto`:
+    # sharded above `sharded_above` training images, scikit-learn up to it.
+    backend: str = setting("auto", one_of=("auto", "sklearn", "sharded"))
+    sharded_above: int = setting(20_000, ge=0)
     target: str = setting("cyclic", one_of=("cyclic", "derangement"))
     # Cyclic shift: cluster i is pushed toward the center of cluster (i + offset) mod k.
     offset: int = setting(1, ge=1)
@@ -272,6 +277,9 @@ class RootConfig:
     seed: int = 0
     # Also write the protected training set (uint8, as it would be published) next to the noise.
     save_protected: bool = True
+    # Above this many training images the protected set is written in shards, one per rank
+    # (protected_train/: uint8 .npy files and a manifest, uc/shards.py), not as one .pt file.
+    protected_shards_above: int = setting(50_000, ge=0)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     batch_size: BatchSizeConfig = field(default_factory=BatchSizeConfig)
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)

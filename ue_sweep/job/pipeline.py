@@ -43,16 +43,18 @@ from ue_sweep.store.keys import (
     generators_key,
     surrogate_key,
 )
-from ue_sweep.uc.clustering import Clusters, cluster_features, nearest_centers
+from ue_sweep.uc.clustering import Clusters, cluster_features, nearest_centers, use_sharded
 from ue_sweep.uc.features import extract_features
 from ue_sweep.uc.noise import apply_cluster_noise
 from ue_sweep.uc.protection import Protection
+from ue_sweep.uc.shards import write_shards
 from ue_sweep.uc.source import load_source
 from ue_sweep.uc.surrogate import build_surrogate
 from ue_sweep.uc.train_generators import GeneratorStats, train_generators
 
 NOISE_FILE = "noise.pt"
 PROTECTED_FILE = "protected_train.pt"
+PROTECTED_SHARDS = "protected_train"
 SURROGATE_FILE = "surrogate.pt"
 FEATURE_BATCH = 512
 
@@ -132,10 +134,14 @@ def _clusters(
     key: StageKey,
 ) -> Clusters:
     def compute() -> dict[str, Any]:
+        # Sharded k-means needs only this rank's rows: no rank gathers all features.
+        sharded = use_sharded(cfg.clusters, len(data.train_images))
         with timer("features"):
-            features = extract_features(surrogate, data.train_images, FEATURE_BATCH, rt)
+            features = extract_features(
+                surrogate, data.train_images, FEATURE_BATCH, rt, gather=not sharded
+            )
         with timer("kmeans"), progress.stage("k-means", total_steps=1) as kmeans:
-            clusters = cluster_features(features, cfg.clusters, cfg.seed, rt)
+            clusters = cluster_features(features, cfg.clusters, cfg.seed, rt, local=sharded)
             kmeans.advance()
         return {
             "ids": clusters.ids.cpu(),
@@ -276,10 +282,24 @@ def _protect(
     return protection, outcome
 
 
+def _protected_name(cfg: RootConfig, n: int) -> str | None:
+    """Where the protected set goes: one file for small sets, one shard per rank above
+    ``protected_shards_above`` images (written by every rank), or nowhere."""
+    if not cfg.save_protected:
+        return None
+    return PROTECTED_SHARDS if n > cfg.protected_shards_above else PROTECTED_FILE
+
+
 def _publish(
-    cfg: RootConfig, data: ImageSplits, p: Protection, job_dir: Path, tracker: Any
+    cfg: RootConfig,
+    data: ImageSplits,
+    p: Protection,
+    job_dir: Path,
+    tracker: Any,
+    single_file: bool,
 ) -> None:
-    """Rank 0: the noise, the protected set as it would be published, and their pictures."""
+    """Rank 0: the noise, the protected set as it would be published (``single_file``; else
+    every rank wrote its shard), and their pictures."""
     atomic_torch_save(
         job_dir / NOISE_FILE,
         {
@@ -289,7 +309,7 @@ def _publish(
             **p.extra,
         },
     )
-    if cfg.save_protected:
+    if single_file:
         atomic_torch_save(
             job_dir / PROTECTED_FILE,
             {
@@ -370,8 +390,11 @@ def run_pipeline(
     else:
         with timer("noise"):
             protection, uc_outcome = load_source(cfg, data, rt, _new_bank)
+    protected = _protected_name(cfg, len(data.train_images))
+    if protected == PROTECTED_SHARDS:
+        write_shards(job_dir / protected, protection.images, data.train_labels, data.classes, rt)
     if rt.is_main:
-        _publish(cfg, data, protection, job_dir, tracker)
+        _publish(cfg, data, protection, job_dir, tracker, single_file=protected == PROTECTED_FILE)
 
     uc_outcome = {
         "world_size": rt.world_size,
@@ -421,7 +444,7 @@ def run_pipeline(
         "evals": results,
         "artifacts": {
             "noise": NOISE_FILE,
-            "protected_train": PROTECTED_FILE if cfg.save_protected else None,
+            "protected_train": protected,
             "surrogate": SURROGATE_FILE
             if cfg.uc.source is None and cfg.surrogate.weights == "fit"
             else None,

@@ -10,6 +10,8 @@ import torch
 from ue_sweep.config import ClustersConfig
 from ue_sweep.runtime.distributed import Runtime
 from ue_sweep.runtime.seeding import derive_seed, generator
+from ue_sweep.train.evaluate import shard_bounds
+from ue_sweep.uc.kmeans import fit_sharded
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,35 @@ def nearest_centers(features: torch.Tensor, centers: torch.Tensor) -> torch.Tens
     return torch.cdist(features.float(), centers.to(features.device).float()).argmin(1)
 
 
+def use_sharded(cfg: ClustersConfig, n: int) -> bool:
+    """Whether ``n`` training images are clustered over the ranks (``uc/kmeans.py``)."""
+    return cfg.backend == "sharded" or (cfg.backend == "auto" and n > cfg.sharded_above)
+
+
 def cluster_features(
+    features: torch.Tensor, cfg: ClustersConfig, seed: int, rt: Runtime, *, local: bool = False
+) -> Clusters:
+    """k-means of the training features; every rank gets the same clusters.
+
+    ``features`` are all rows, or with ``local`` this rank's rows (``shard_bounds``, rank order).
+    """
+    n = int(rt.all_reduce_sum(torch.tensor([len(features)])).item()) if local else len(features)
+    if use_sharded(cfg, n):
+        if not local:
+            features = features[slice(*shard_bounds(n, rt.rank, rt.world_size))]
+        fit = fit_sharded(features, cfg.k, cfg.n_init, cfg.max_iter, seed, rt)
+        return Clusters(
+            ids=rt.all_gather_rows(fit.ids),
+            centers=fit.centers,
+            targets=assign_targets(cfg.k, cfg, seed).to(rt.device),
+            inertia=fit.inertia,
+        )
+    if local:
+        features = rt.all_gather_rows(features)
+    return _sklearn_on_rank0(features, cfg, seed, rt)
+
+
+def _sklearn_on_rank0(
     features: torch.Tensor, cfg: ClustersConfig, seed: int, rt: Runtime
 ) -> Clusters:
     """Fit k-means on rank 0 and broadcast the result, so every rank holds the same clusters."""

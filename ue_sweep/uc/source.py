@@ -1,10 +1,12 @@
 """``uc.source``: evaluate the protection of an existing job, or any protected training set.
 
-``uc.source`` names a job directory (its ``noise.pt``), a ``noise.pt`` file, or a
+``uc.source`` names a job directory (its ``noise.pt``), a ``noise.pt`` file, a
 ``protected_train.pt`` file (uint8 images and labels, as a data owner publishes them, made by
-ue-sweep or any other method). A noise file gives UC's per-cluster patterns and cluster ids; a
-bare protected set gives each image's own perturbation (published - clean), so the controls are
-matched image by image, the strictest equal-strength comparison for sample-wise noise.
+ue-sweep or any other method), or a shard directory (``protected_train/`` with its
+``manifest.json``, ``uc/shards.py``; read memory-mapped). A noise file gives UC's per-cluster
+patterns and cluster ids; a bare protected set gives each image's own perturbation (published -
+clean), so the controls are matched image by image, the strictest equal-strength comparison for
+sample-wise noise.
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ from ue_sweep.errors import ConfigError, MissingFileError
 from ue_sweep.runtime.distributed import Runtime
 from ue_sweep.uc.noise import apply_cluster_noise
 from ue_sweep.uc.protection import Protection
+from ue_sweep.uc.shards import MANIFEST, ShardFormatError, read_shards
 
 NOISE_FILE = "noise.pt"
 
 
 def source_file(source: str) -> Path:
     path = Path(source).expanduser()
-    return path / NOISE_FILE if path.is_dir() else path
+    if path.is_dir():
+        return path / MANIFEST if (path / MANIFEST).is_file() else path / NOISE_FILE
+    return path
 
 
 def check_source(source: str) -> None:
@@ -37,11 +42,20 @@ def check_source(source: str) -> None:
         raise MissingFileError(
             "uc.source",
             path,
-            "point uc.source at a job directory with noise.pt, a noise.pt or a protected_train.pt",
+            "point uc.source at a job directory with noise.pt, a noise.pt, a protected_train.pt "
+            "or a protected_train/ shard directory",
         )
 
 
 def _read(path: Path) -> dict[str, Any]:
+    if path.name == MANIFEST:
+        try:
+            shards = read_shards(path)
+        except ShardFormatError as err:
+            raise ConfigError(
+                "uc.source", str(path), f"a complete shard directory ({err})"
+            ) from None
+        return {"images": shards.all_images(), "labels": shards.all_labels()}
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad file
