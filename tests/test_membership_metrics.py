@@ -24,10 +24,10 @@ from ue_sweep.membership.metrics import (
 )
 from ue_sweep.membership.scores import (
     View,
-    confidence_score,
     logit_confidence,
     loss_score,
     query_views,
+    true_class_posterior,
 )
 
 # Members 0.9 0.8 0.4 0.4, non-members 0.7 0.4 0.2 0.1: a tie at 0.4 across the classes.
@@ -190,7 +190,7 @@ def test_scores_match_their_definitions_and_stay_finite_at_extreme_logits():
     torch.testing.assert_close(
         loss_score(logits, labels), -F.cross_entropy(logits, labels, reduction="none")
     )
-    torch.testing.assert_close(confidence_score(logits, labels), p)
+    torch.testing.assert_close(true_class_posterior(logits, labels), p)
     torch.testing.assert_close(logit_confidence(logits, labels), (p / (1 - p)).log())
     # p_y = 1 - 2e-44: the naive form gives inf; z_y - logsumexp(others) = 100 - log 2
     extreme = logit_confidence(torch.tensor([[100.0, 0.0, 0.0]], dtype=torch.float64), labels[:1])
