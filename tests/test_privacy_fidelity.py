@@ -174,3 +174,86 @@ def test_a_given_noise_multiplier_replaces_the_finite_epsilons_and_keeps_the_bas
     plain = privacy_specs(PrivacyConfig(epsilons=[1.0, math.inf]), 1e-5)
     assert [setting_text(s) for s in plain] == ["1", "inf"]
     assert all(s.noise_multiplier is None for s in plain)
+
+
+# ------------------------------------------------------------------------------------------
+# Public pretraining
+# ------------------------------------------------------------------------------------------
+
+
+def _job_cfg(**surrogate):
+    from ue_sweep.config import RootConfig, SurrogateConfig, VictimConfig
+
+    return RootConfig(
+        surrogate=SurrogateConfig(**({"width": 4} | surrogate)), victim=VictimConfig(width=4)
+    )
+
+
+@pytest.mark.parametrize(
+    ("init", "freeze", "surrogate", "message"),
+    [
+        ("surrogate", 0, {"weights": "fit"}, "voids DP"),
+        ("surrogate", 0, {"weights": "none"}, "random initialisation"),
+        ("surrogate", 0, {"weights": "path", "width": 8}, "widths must agree"),
+        ("scratch", 2, {}, "0 with init=scratch"),
+    ],
+)
+def test_public_pretraining_is_refused_unless_public_and_the_victims_architecture(
+    init, freeze, surrogate, message
+):
+    from ue_sweep.errors import ConfigError
+    from ue_sweep.train.public_init import check_public_init
+
+    with pytest.raises(ConfigError, match=message):
+        check_public_init("evals.privacy", init, freeze, _job_cfg(**surrogate))
+
+
+def test_a_public_start_copies_the_surrogate_and_dp_sgd_leaves_frozen_layers_alone(tmp_path):
+    from ue_sweep.train.public_init import (
+        check_public_init,
+        copy_public_weights,
+        freeze_first,
+        public_state,
+    )
+
+    torch.manual_seed(1)
+    surrogate = build_classifier(
+        ModelSpec(width=4), in_channels=1, num_classes=CLASSES, image_size=8
+    )
+    path = tmp_path / "public.pt"
+    torch.save(surrogate.state_dict(), path)
+    cfg = _job_cfg(weights="path", checkpoint=str(path))
+    check_public_init("evals.privacy", "surrogate", 2, cfg)
+    public, source = public_state(cfg, channels=1, image_size=8)
+    assert source == str(path)
+
+    model = _model().float()
+    copied = copy_public_weights(model, public)
+    assert "body.0.weight" in copied and "body.1.weight" in copied  # conv, GroupNorm affine
+    assert not any("running" in k for k in copied), "BatchNorm statistics have no GN slot"
+    frozen = freeze_first(model, 2)
+    assert frozen == ["body.0", "body.1", "body.3", "body.4"], "two convs and their norms"
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    assert torch.equal(start["body.0.weight"], surrogate.state_dict()["body.0.weight"])
+    images, labels = _data()
+    with runtime(DistEnv(), TrainerConfig(accelerator="cpu", threads=1)) as rt:
+        train_private_classifier(
+            model,
+            images,
+            labels,
+            images,
+            labels,
+            CLASSES,
+            RECIPE,
+            PrivacySpec(math.inf, 1e-3, 1.0, "rdp", noise_multiplier=1.0),
+            AUGMENT,
+            rt,
+            seed=SEED,
+            progress=Progress("none"),
+            name="dp",
+        )
+    after = model.state_dict()
+    for name in ("body.0.weight", "body.1.weight", "body.1.bias", "body.3.weight"):
+        assert torch.equal(after[name], start[name]), name
+    assert not torch.equal(after["body.7.weight"], start["body.7.weight"]), "the rest trains"
+    assert not torch.equal(after["head.weight"], start["head.weight"])

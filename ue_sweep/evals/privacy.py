@@ -24,12 +24,19 @@ from typing import Any
 
 import torch
 
-from ue_sweep.config import setting
+from ue_sweep.config import RootConfig, setting
 from ue_sweep.evals import Evaluation, JobOutcome, ReportSection
 from ue_sweep.evals.context import EvalContext, TrainedVictim
 from ue_sweep.seeding import derive_seed
 from ue_sweep.stats import Stat
 from ue_sweep.train.private import PrivacySpec, train_private_classifier
+from ue_sweep.train.public_init import (
+    INITS,
+    check_public_init,
+    copy_public_weights,
+    freeze_first,
+    public_state,
+)
 from ue_sweep.uc.controls import CONTROLS, control_noises
 from ue_sweep.uc.noise import apply_cluster_noise
 
@@ -64,6 +71,16 @@ class PrivacyConfig:
     # setting (`sigma<s>` in the outcome), whose epsilon is what the accountant says was spent;
     # `.inf` in `epsilons` still trains the noiseless baseline. null: the target epsilons.
     noise_multiplier: float | None = setting(None, gt=0.0)
+    # Public pretraining: `surrogate` starts every DP victim from the surrogate's public weights
+    # (surrogate.weights=pretrained or path, the victim's architecture; a fitted surrogate saw
+    # the private set and is refused), `scratch` from a random initialisation.
+    init: str = setting("scratch", one_of=INITS)
+    # With init=surrogate: the first N Conv2d/Linear layers (and their norms) stay fixed.
+    freeze: int = setting(0, ge=0)
+
+
+def check(key: str, cfg: PrivacyConfig, job: RootConfig) -> None:
+    check_public_init(key, cfg.init, cfg.freeze, job)
 
 
 def eps_text(epsilon: float) -> str:
@@ -148,11 +165,21 @@ def train_dp_victim(
     images: torch.Tensor,
     spec: PrivacySpec,
     overrides: dict[str, Any],
+    init: str = "scratch",
+    freeze: int = 0,
 ) -> dict[str, Any]:
     """A DP-SGD victim on ``images`` (a stage: reused when trained before), registered in
-    ``ctx.victims``; returns its result with the ``privacy`` record."""
+    ``ctx.victims``; returns its result with the ``privacy`` record. ``init``, ``freeze``: public
+    pretraining (``train/public_init.py``)."""
     cfg, rt, data = ctx.cfg, ctx.rt, ctx.data
-    recipe_key = _recipe_key(spec, overrides)
+    public: tuple[dict[str, Any], str] | None = None
+    extra: dict[str, Any] = {}
+    if init == "surrogate":
+        public = public_state(cfg, data.channels, data.image_size)
+        s = cfg.surrogate
+        extra = {"init": {"surrogate": s.arch, "weights": s.weights, "source": public[1]}}
+        extra["freeze"] = freeze
+    recipe_key = _recipe_key(spec, overrides) | extra
     key = ctx.victim_key(images, recipe_key)
     stage = f"victim-{label}"
     recipe = replace(cfg.victim, **{k: v for k, v in overrides.items() if v is not None})
@@ -160,6 +187,10 @@ def train_dp_victim(
     def train() -> dict[str, Any]:
         torch.manual_seed(derive_seed(cfg.seed, "victim-init"))
         model = ctx.new_victim_model(dp_safe=True)
+        pretraining: dict[str, Any] = {"init": init}
+        if public is not None:
+            pretraining["copied"] = len(copy_public_weights(model, public[0]))
+            pretraining["frozen"] = freeze_first(model, freeze)
         result, privacy = train_private_classifier(
             model,
             images,
@@ -176,6 +207,7 @@ def train_dp_victim(
             name=f"DP victim ({label})",
             checkpoint=ctx.checkpoints.stage(stage),
         )
+        privacy["pretraining"] = pretraining
         return {"result": result.as_dict() | {"privacy": privacy}, "state": model.state_dict()}
 
     outcome = ctx.stages.run(stage, key, train)
@@ -199,7 +231,9 @@ def run(ctx: EvalContext, cfg: PrivacyConfig) -> dict[str, Any]:
         for condition, x in images.items():
             name = control if condition == "control" else condition
             label = f"dp-{name}-" + (text if text.startswith("sigma") else f"eps{text}")
-            victims[condition][text] = train_dp_victim(ctx, label, x, spec, overrides)
+            victims[condition][text] = train_dp_victim(
+                ctx, label, x, spec, overrides, cfg.init, cfg.freeze
+            )
     return privacy_metrics(dict(victims), control, control_source, delta)
 
 
@@ -434,4 +468,5 @@ EVALUATION = Evaluation(
     job_type="privacy",
     summary=summary,
     report=report,
+    check=check,
 )
