@@ -114,3 +114,42 @@ def test_each_target_gets_shadows_trained_like_it_or_a_lower_bound(tmp_path):
         for query in ("clean", "protected" if tag == "protected-" else "clean"):
             assert stages[f"membership-shadow-{tag}0-scores-{query}"]["status"] == "reused"
         assert f"victim-membership-shadow-{tag}0" not in stages, "scores reused: no model needed"
+
+
+def test_a_defended_target_gets_shadows_with_its_recipe_and_a_dp_target_a_lower_bound():
+    from ue_sweep.artifacts import StageKey
+    from ue_sweep.evals.context import TrainedVictim
+    from ue_sweep.evals.membership import MembershipConfig, _shadow_set
+    from ue_sweep.membership.shadows import ShadowPlan
+
+    images = torch.zeros(6, 1, 2, 2, dtype=torch.uint8)
+    plan = ShadowPlan(images, torch.zeros(6, dtype=torch.long), torch.ones(6, 2, dtype=bool))
+    recipe = object()  # stands in for a defense's VictimRecipe: only passed through
+
+    def victim(recipe_key=None, dp_safe=False):
+        return TrainedVictim(
+            "v",
+            images[:4],
+            StageKey("victim", {}),
+            {},
+            {},
+            recipe_key,
+            recipe=recipe,
+            dp_safe=dp_safe,
+        )
+
+    cfg = MembershipConfig()
+    jpeg = _shadow_set(cfg, plan, None, victim({"method": "jpeg", "quality": 10}), "clean")
+    assert jpeg.tag.startswith("clean-") and jpeg.matched
+    assert jpeg.recipe is recipe and jpeg.recipe_key == {"method": "jpeg", "quality": 10}
+    assert jpeg.pool_images is plan.pool_images
+    other = _shadow_set(cfg, plan, None, victim({"method": "jpeg", "quality": 50}), "clean")
+    assert other.tag != jpeg.tag, "one set per recipe"
+    plain = _shadow_set(cfg, plan, None, victim(), "clean")
+    assert plain.tag == "" and plain.matched and plain.recipe is None
+    dp = _shadow_set(cfg, plan, None, victim({"method": "dp-sgd"}, dp_safe=True), "clean")
+    assert not dp.matched and dp.record(2)["bound"] == "lower bound"
+    unknown = _shadow_set(cfg, plan, None, victim(), None)
+    assert not unknown.matched
+    off = _shadow_set(MembershipConfig(shadow_match=False), plan, None, victim({"m": 1}), "clean")
+    assert not off.matched and off.tag == "" and off.recipe is None
