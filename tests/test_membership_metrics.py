@@ -222,5 +222,5 @@ def test_scores_are_exact_over_ranks(tmp_path):
     spawn(membership_workers.query_scores, 2, (two,))
     a, b = torch.load(one), torch.load(two)
     assert a["logits"].shape == (37, 3, 4) and a["logits"].dtype == torch.float64
-    for name in ("logits", "loss", "confidence", "logit_confidence"):
+    for name in ("logits", "loss", "true_class_posterior", "logit_confidence"):
         torch.testing.assert_close(b[name], a[name], rtol=1e-12, atol=1e-12)
