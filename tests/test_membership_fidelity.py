@@ -117,10 +117,10 @@ def test_each_target_gets_shadows_trained_like_it_or_a_lower_bound(tmp_path):
 
 
 def test_a_defended_target_gets_shadows_with_its_recipe_and_a_dp_target_a_lower_bound():
-    from ue_sweep.store.artifacts import StageKey
     from ue_sweep.evals.context import TrainedVictim
     from ue_sweep.evals.membership.evaluation import MembershipConfig, _shadow_set
     from ue_sweep.evals.membership.shadows import ShadowPlan
+    from ue_sweep.store.artifacts import StageKey
 
     images = torch.zeros(6, 1, 2, 2, dtype=torch.uint8)
     plan = ShadowPlan(images, torch.zeros(6, dtype=torch.long), torch.ones(6, 2, dtype=bool))

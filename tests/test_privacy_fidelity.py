@@ -21,14 +21,19 @@ import torch.nn.functional as F
 from tests.dist_workers import separable_images
 from ue_sweep.config import AugmentConfig, ModelSpec, TrainerConfig, TrainingConfig
 from ue_sweep.data.batches import Augmenter
-from ue_sweep.runtime.distributed import runtime
-from ue_sweep.runtime.env import DistEnv
 from ue_sweep.evals.privacy.config import PrivacyConfig
 from ue_sweep.evals.privacy.evaluation import privacy_specs, setting_text
+from ue_sweep.evals.privacy.training import (
+    PoissonBatches,
+    PrivacySpec,
+    sampling,
+    train_private_classifier,
+)
 from ue_sweep.models.classifiers import build_classifier
+from ue_sweep.runtime.distributed import runtime
+from ue_sweep.runtime.env import DistEnv
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.runtime.seeding import generator
-from ue_sweep.evals.privacy.training import PoissonBatches, PrivacySpec, sampling, train_private_classifier
 
 N, CLASSES, SEED = 36, 3, 5
 RECIPE = TrainingConfig(epochs=1, batch_size=8, lr=0.1, average_last=1)

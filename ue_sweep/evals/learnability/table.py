@@ -20,7 +20,6 @@ from torch import nn
 
 from ue_sweep.config import AugmentConfig
 from ue_sweep.data.batches import Augmenter
-from ue_sweep.runtime.distributed import Runtime
 from ue_sweep.evals.learnability.search import (
     BatchLoss,
     SearchSettings,
@@ -29,6 +28,7 @@ from ue_sweep.evals.learnability.search import (
     mean_loss,
     search,
 )
+from ue_sweep.runtime.distributed import Runtime
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.runtime.seeding import derive_seed, generator
 from ue_sweep.train.recipes import upcast

@@ -1,13 +1,13 @@
 """LiRA's shadow models: trained through the job's victim path, their scores kept as artifacts.
 
-Shadow ``i`` is a victim (same model and recipe as the attacked ones, ``ctx.train_victim``) on
-the clean images of the pool ``train ++ holdout`` where ``keep[:, i]``; every pool image is IN
-for exactly half of the shadows (:func:`~ue_sweep.evals.membership.lira.shadow_membership`). It has its
-own initial weights and data order (``variant``), as the paper's shadows do: the attacker does
-not know the victim's initialisation. Its logit-scaled confidences on each query set are an
-artifact keyed by the shadow's key, the query images and the views, so a job of role ``shadow``
-(one per shadow, spread over a sweep) leaves what the attack job collects, and the attack job
-trains (or, ``in_process=false``, refuses to train) only the shadows that are missing.
+Shadow ``i`` is a victim (same model and recipe as the attacked ones, ``ctx.train_victim``) on the
+clean images of the pool ``train ++ holdout`` where ``keep[:, i]``; every pool image is IN for
+exactly half of the shadows (:func:`~ue_sweep.evals.membership.lira.shadow_membership`). It has its
+own initial weights and data order (``variant``), as the paper's shadows do: the attacker does not
+know the victim's initialisation. Its logit-scaled confidences on each query set are an artifact
+keyed by the shadow's key, the query images and the views, so a job of role ``shadow`` (one per
+shadow, spread over a sweep) leaves what the attack job collects, and the attack job trains (or,
+``in_process=false``, refuses to train) only the shadows that are missing.
 
 LiRA's Gaussians assume shadows trained like the target. A :class:`ShadowSet` is the pool under
 one target's data condition (its images: clean, UC-protected, a control; the hold-out part with
