@@ -277,6 +277,8 @@ def test_learnability_epochs_count_back_from_the_last(compose_cfg):
 
     cfg = to_root_config(compose_cfg("evals=[learnability]", "victim.epochs=8"), False)
     lc = cfg.evals["learnability"]
+    assert snapshot_epochs(cfg, lc) == tuple(range(8)), "every epoch by default (the authors')"
+    lc.epoch_stride = 2
     assert snapshot_epochs(cfg, lc) == (1, 3, 5, 7)
     lc.epoch_stride = 3
     assert snapshot_epochs(cfg, lc) == (1, 4, 7)

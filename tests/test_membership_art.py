@@ -81,7 +81,7 @@ def test_low_fpr_tpr_and_auc_from_art_numbers_match_ours(trained):
             -art.compute_loss(images, labels, reduction="none"),
             loss_score(logits, torch.from_numpy(labels)),
         ),
-        "confidence": (
+        "max_posterior": (
             torch.from_numpy(art.predict(images)).double().softmax(1).max(1).values.numpy(),
             max_posterior(logits),
         ),

@@ -78,7 +78,12 @@ def test_the_attack_job_collects_stored_shadow_scores_and_trains_the_missing_sha
         assert record["queries"]["clean"]["query_set"] == "clean"
         assert record["queries"]["published"]["query_set"] == label
         for query in record["queries"].values():
-            assert list(query["attacks"]) == ["loss", "confidence", "lira_online", "lira_offline"]
+            assert list(query["attacks"]) == [
+                "loss",
+                "max_posterior",
+                "lira_online",
+                "lira_offline",
+            ]
             for metrics in query["attacks"].values():
                 assert metrics["members"] == metrics["nonmembers"] == m["members"]
                 assert 0 <= metrics["auc"] <= 1 and 0 <= metrics["tpr_at_fpr"]["0.01"] <= 1

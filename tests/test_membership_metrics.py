@@ -23,10 +23,10 @@ from ue_sweep.evals.membership.metrics import (
 )
 from ue_sweep.evals.membership.scores import (
     View,
-    confidence_score,
     logit_confidence,
     loss_score,
     query_views,
+    true_class_posterior,
 )
 from ue_sweep.runtime.distributed import spawn
 from ue_sweep.runtime.env import DistEnv
@@ -191,7 +191,7 @@ def test_scores_match_their_definitions_and_stay_finite_at_extreme_logits():
     torch.testing.assert_close(
         loss_score(logits, labels), -F.cross_entropy(logits, labels, reduction="none")
     )
-    torch.testing.assert_close(confidence_score(logits, labels), p)
+    torch.testing.assert_close(true_class_posterior(logits, labels), p)
     torch.testing.assert_close(logit_confidence(logits, labels), (p / (1 - p)).log())
     # p_y = 1 - 2e-44: the naive form gives inf; z_y - logsumexp(others) = 100 - log 2
     extreme = logit_confidence(torch.tensor([[100.0, 0.0, 0.0]], dtype=torch.float64), labels[:1])
@@ -223,5 +223,5 @@ def test_scores_are_exact_over_ranks(tmp_path):
     spawn(membership_workers.query_scores, 2, (two,))
     a, b = torch.load(one), torch.load(two)
     assert a["logits"].shape == (37, 3, 4) and a["logits"].dtype == torch.float64
-    for name in ("logits", "loss", "confidence", "logit_confidence"):
+    for name in ("logits", "loss", "true_class_posterior", "logit_confidence"):
         torch.testing.assert_close(b[name], a[name], rtol=1e-12, atol=1e-12)

@@ -136,6 +136,15 @@ def test_a_tiny_unlearning_job_forgets_its_requests_and_reports_them(tmp_path: P
             for target in ("ensemble", "shard"):
                 assert 0 <= c["attacks"][when][target]["loss"]["auc"] <= 1
                 assert c["attacks"][when][target]["loss"]["members"] == 4
+        # the single model on the same pool, attacked on the same points before / after
+        single, n = c["single_model"], record["dataset"]["train_size"]
+        assert single["train_size"] == {"before": n, "after": n - 4}
+        for when in ("before", "after"):
+            for attack in ("loss", "true_class_posterior"):
+                found = single[when]["attacks"][attack]
+                assert found["members"] == found["nonmembers"] == 4
+    assert record["stages"]["victim-sisa-single-clean-retrained"]["status"] == "computed"
+    assert "single model on the pool, full retrain" in proc.stdout
     assert "unlearning (SISA, 3 shards x 2 slices" in proc.stdout
 
     # The same job again reuses every slice: nothing to train, the same figures.

@@ -16,15 +16,21 @@ class LearnabilityConfig:
     # Repeats of (one SGD pass over the subset, then a loss evaluation) per side (paper: 10).
     steps: int = setting(10, ge=1)
     # Share of each victim's training set the search runs on: a fixed subset seeded by `seed`,
-    # the same images' indices for every victim (paper: the whole set).
-    data_fraction: float = setting(0.1, gt=0.0, le=1.0)
-    # SAL after every n-th epoch, counted back from the last one (always measured).
-    epoch_stride: int = setting(2, ge=1)
+    # the same images' indices for every victim (1: the whole set, as the authors; less is a
+    # faster, noisier choice).
+    data_fraction: float = setting(1.0, gt=0.0, le=1.0)
+    # SAL after every n-th epoch, counted back from the last one (always measured); 1: every
+    # epoch, as the authors.
+    epoch_stride: int = setting(1, ge=1)
     # `all` Conv2d and Linear weights, or a glob over their module names (`body.*`, `head`).
     layers: str = "all"
-    # L0: the snapshot's loss on the subset in eval mode (`eval`), or the epoch's running
-    # training loss (`running`, as the authors' code; for a defense, the defense's loss).
-    l0: str = setting("eval", one_of=("eval", "running"))
+    # L0: the epoch's running training loss (`running`, the authors' code; for a defense, the
+    # defense's loss), or the snapshot's loss on the search data in eval mode (`eval`).
+    l0: str = setting("running", one_of=("eval", "running"))
+    # What the searches see: fresh draws of the victim's training augmentation for every SGD
+    # pass and loss evaluation (`augmented`, the authors' augmented training loader), or the
+    # images as they are (`plain`, less noisy).
+    search_data: str = setting("augmented", one_of=("augmented", "plain"))
     # Project onto the ball after each SGD `pass` (the authors' code) or after every `step`.
     projection: str = setting("pass", one_of=("pass", "step"))
     # Minibatch of the SGD passes; null: the victim's training batch (victim.batch_size).

@@ -81,10 +81,18 @@ def _conditions(ctx: EvalContext) -> tuple[str, dict[str, list[str]]]:
     _plain_victim(ctx, ctx.protection.images, "protected")
     by_key: dict[str, list[str]] = {}
     for label, victim in ctx.victims.items():
-        by_key.setdefault(victim.key.digest, []).append(label)
+        if not victim.dp_safe:  # see dp_victims
+            by_key.setdefault(victim.key.digest, []).append(label)
     conditions = {labels[0]: labels[1:] for labels in by_key.values()}
     base = next(first for first, other in conditions.items() if baseline in (first, *other))
     return base, conditions
+
+
+def dp_victims(ctx: EvalContext) -> list[str]:
+    """The DP-SGD victims of the job, which learnability skips: their training keeps no weights
+    per epoch, and their GroupNorm architecture and own recipe would not be measured against the
+    clean (BatchNorm) victim's threshold beta on equal terms."""
+    return [label for label, victim in ctx.victims.items() if victim.dp_safe]
 
 
 def _training_images(ctx: EvalContext, victim: TrainedVictim, rows: torch.Tensor) -> torch.Tensor:
@@ -122,7 +130,10 @@ def _table(
             "snapshots": snapshots_key(victim.key, epochs).digest,
             "layers": layers,
             "subset": {"seed": ctx.cfg.seed, "size": len(rows)},
-            "search": asdict(settings) | {"l0": lc.l0, "precision": ctx.cfg.trainer.precision},
+            "search": asdict(settings)
+            | {"l0": lc.l0, "precision": ctx.cfg.trainer.precision}
+            # plain: no entry, so tables searched before the option existed stay valid
+            | ({"data": lc.search_data} if lc.search_data != "plain" else {}),
         },
     )
     history = victim.result["history"]
@@ -142,6 +153,7 @@ def _table(
             else None,
             progress=ctx.progress,
             name=f"learnability ({label})",
+            augment=ctx.cfg.dataset.augment if lc.search_data == "augmented" else None,
         )
 
     return ctx.stages.run(f"learnability-{label}", key, compute)
@@ -153,6 +165,13 @@ def _accuracy(victim: TrainedVictim) -> float:
 
 def run(ctx: EvalContext, lc: LearnabilityConfig) -> dict[str, Any]:
     started = time.perf_counter()
+    if skipped := dp_victims(ctx):
+        ctx.progress.info(
+            "learnability: skipping the DP-SGD victims %s: their training keeps no per-epoch "
+            "weights, and SAL of a GroupNorm DP victim is not comparable with the clean "
+            "victim's threshold",
+            ", ".join(skipped),
+        )
     baseline, conditions = _conditions(ctx)
     epochs = snapshot_epochs(ctx.cfg, lc)
     layers = layer_names(ctx.new_victim_model(), lc.layers)
@@ -199,6 +218,8 @@ def run(ctx: EvalContext, lc: LearnabilityConfig) -> dict[str, Any]:
         # accuracy does
         "rank_agreement": metrics.rank_agreement(known, accuracy),
         "conditions": out,
+        # DP-SGD victims of the job that were not measured (see dp_victims)
+        "skipped": skipped,
         "seconds": time.perf_counter() - started,
     }
 

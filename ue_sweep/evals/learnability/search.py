@@ -8,6 +8,11 @@ the best point seen. The unperturbed point (v = 0) is in the ball, so both extre
 L0 and both sides are >= 0. L0 is the loss of theta on the same data (``l0: eval``) or the
 epoch's running training loss (``l0: running``, as the authors' code): then a side can be the
 gap between that running mean and the eval-mode loss rather than a move inside the ball.
+
+``views`` (``search_data: augmented``, the authors' code, which searches on the augmented
+training loader): every SGD pass and every loss evaluation sees a fresh draw of the victim's
+training augmentation (draw k of a pass or evaluation is ``views(images, rows, k)``), so the
+extremes are those of the loss the victim trained on, not of the fixed un-augmented images.
 """
 
 from __future__ import annotations
@@ -20,6 +25,13 @@ import torch
 
 #: ``loss(weight, images, labels)``: the batch's mean loss with ``weight`` in place of the layer's
 BatchLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``views(images, rows, draw)``: draw ``draw`` of the augmentation of ``images`` (the rows
+#: ``rows`` of the searched set)
+Views = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def _plain(images: torch.Tensor, rows: torch.Tensor, draw: int) -> torch.Tensor:
+    return images
 
 
 @dataclass(frozen=True)
@@ -84,14 +96,22 @@ def ratio(weight: torch.Tensor, theta: torch.Tensor) -> float:
 
 
 def mean_loss(
-    loss: BatchLoss, weight: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, batch: int
+    loss: BatchLoss,
+    weight: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch: int,
+    views: Views = _plain,
+    draw: int = 0,
 ) -> float:
-    """The mean loss over all ``images`` (batches weighted by size, summed in float64)."""
+    """The mean loss over all ``images`` (batches weighted by size, summed in float64), seen
+    through draw ``draw`` of ``views``."""
     total = 0.0
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            x, y = images[start : start + batch], labels[start : start + batch]
-            total += float(loss(weight, x, y).double()) * len(x)
+            rows = torch.arange(start, min(start + batch, len(images)))
+            x = views(images[start : start + batch], rows, draw)
+            total += float(loss(weight, x, labels[start : start + batch]).double()) * len(x)
     return total / len(images)
 
 
@@ -104,6 +124,8 @@ def _sgd_pass(
     settings: SearchSettings,
     direction: float,
     generator: torch.Generator,
+    views: Views = _plain,
+    draw: int = 0,
 ) -> torch.Tensor:
     """One shuffled pass of plain SGD on ``direction * loss`` (-1 descends, +1 ascends), in
     batches of nearly equal size (no sample dropped, no tiny last batch)."""
@@ -111,7 +133,8 @@ def _sgd_pass(
     order = torch.randperm(n, generator=generator).to(images.device)
     for rows in torch.tensor_split(order, max(1, math.ceil(n / settings.batch_size))):
         w = weight.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss(w, images[rows], labels[rows]), w)
+        x = views(images[rows], rows.cpu(), draw)
+        (grad,) = torch.autograd.grad(loss(w, x, labels[rows]), w)
         weight = (w + direction * settings.lr * grad).detach()
         if settings.projection == "step":
             weight = project(weight, theta, settings.eps)
@@ -126,21 +149,27 @@ def search(
     settings: SearchSettings,
     generator: torch.Generator,
     l0: float | None = None,
+    views: Views = _plain,
 ) -> Sharpness:
     """SAL of the weight ``theta`` under ``loss`` on ``images``; ``l0`` defaults to the loss of
-    ``theta`` on them. ``generator`` orders the SGD passes (descent, then ascent, per step)."""
+    ``theta`` on them. ``generator`` orders the SGD passes (descent, then ascent, per step);
+    ``views`` augments every pass and evaluation (draw 0: L0, then 1, 2, ... in order)."""
     theta = theta.detach()
     if l0 is None:
-        l0 = mean_loss(loss, theta, images, labels, settings.eval_batch)
+        l0 = mean_loss(loss, theta, images, labels, settings.eval_batch, views, 0)
     low, high = theta.clone(), theta.clone()
     min_loss = max_loss = l0
     ratio_min = ratio_max = 0.0
-    for _ in range(settings.steps):
-        low = _sgd_pass(loss, low, theta, images, labels, settings, -1.0, generator)
-        high = _sgd_pass(loss, high, theta, images, labels, settings, 1.0, generator)
-        if (value := mean_loss(loss, low, images, labels, settings.eval_batch)) < min_loss:
+    batch = settings.eval_batch
+    for step in range(settings.steps):
+        draw = 1 + 4 * step  # descent pass, ascent pass, their two evaluations
+        low = _sgd_pass(loss, low, theta, images, labels, settings, -1.0, generator, views, draw)
+        high = _sgd_pass(
+            loss, high, theta, images, labels, settings, 1.0, generator, views, draw + 1
+        )
+        if (value := mean_loss(loss, low, images, labels, batch, views, draw + 2)) < min_loss:
             min_loss, ratio_min = value, ratio(low, theta)
-        if (value := mean_loss(loss, high, images, labels, settings.eval_batch)) > max_loss:
+        if (value := mean_loss(loss, high, images, labels, batch, views, draw + 3)) > max_loss:
             max_loss, ratio_max = value, ratio(high, theta)
     s_max, s_min = max_loss - l0, l0 - min_loss
     return Sharpness(

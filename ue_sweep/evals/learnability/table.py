@@ -18,16 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ue_sweep.config import AugmentConfig
+from ue_sweep.data.batches import Augmenter
 from ue_sweep.evals.learnability.search import (
     BatchLoss,
     SearchSettings,
     Sharpness,
+    Views,
     mean_loss,
     search,
 )
 from ue_sweep.runtime.distributed import Runtime
 from ue_sweep.runtime.progress import Progress
-from ue_sweep.runtime.seeding import generator
+from ue_sweep.runtime.seeding import derive_seed, generator
 from ue_sweep.train.recipes import upcast
 
 #: what one searched pair records, after its index (``Sharpness.row``)
@@ -64,6 +67,21 @@ def classifier_loss(model: nn.Module, layer: str, rt: Runtime) -> BatchLoss:
     return loss
 
 
+def augmented_views(augment: AugmentConfig, n: int, seed: int) -> Views:
+    """Draws of the victim's training augmentation (crop, flip) of a set of ``n`` images, each
+    draw seeded by (``seed``, draw) as a training epoch is."""
+    augmenter = Augmenter(augment, n, seed)
+    current = [-1]
+
+    def views(images: torch.Tensor, rows: torch.Tensor, draw: int) -> torch.Tensor:
+        if draw != current[0]:
+            augmenter.set_epoch(draw)
+            current[0] = draw
+        return augmenter(images, rows)
+
+    return views
+
+
 def sal_table(
     rt: Runtime,
     model: nn.Module,
@@ -76,10 +94,12 @@ def sal_table(
     running_l0: Mapping[int, float] | None = None,
     progress: Progress | None = None,
     name: str = "learnability",
+    augment: AugmentConfig | None = None,
 ) -> dict[str, Any]:
     """Search every layer of ``layers`` after every epoch of ``snapshots`` (``model``'s state
     dicts); ``images`` are the model's inputs, on its device and dtype. ``running_l0``: L0 per
-    epoch instead of the loss of the snapshot on ``images``.
+    epoch instead of the loss of the snapshot on ``images``. ``augment``: search on draws of
+    this training augmentation (seeded per layer and epoch), else on ``images`` as they are.
 
     Returns ``{"epochs": [...], column: {layer: [value per epoch]} for column in COLUMNS}``
     (``l0``: one value per epoch), identical on every rank. Collective.
@@ -99,11 +119,25 @@ def sal_table(
                 loaded = epoch
             loss = classifier_loss(model, layer, rt)
             theta = model.get_parameter(f"{layer}.weight").detach().clone()
-            if running_l0 is None and epoch not in eval_l0:
-                eval_l0[epoch] = mean_loss(loss, theta, images, labels, settings.eval_batch)
-            l0 = running_l0[epoch] if running_l0 is not None else eval_l0[epoch]
-            found: Sharpness = search(
-                loss, theta, images, labels, settings, generator(seed, "sal", layer, epoch), l0
+            views = None
+            if augment is not None:
+                views = augmented_views(
+                    augment, len(images), derive_seed(seed, "sal-augment", layer, epoch)
+                )
+            l0: float | None
+            if running_l0 is not None:
+                l0 = running_l0[epoch]
+            elif views is not None:
+                l0 = None  # the loss of this pair's first draw (search computes it)
+            else:
+                if epoch not in eval_l0:
+                    eval_l0[epoch] = mean_loss(loss, theta, images, labels, settings.eval_batch)
+                l0 = eval_l0[epoch]
+            order = generator(seed, "sal", layer, epoch)
+            found: Sharpness = (
+                search(loss, theta, images, labels, settings, order, l0)
+                if views is None
+                else search(loss, theta, images, labels, settings, order, l0, views)
             )
             rows.append([float(index), *found.row()])
             bar.advance()

@@ -9,7 +9,7 @@ import torch
 from ue_sweep.evals.membership.lira import lira_offline, lira_online
 from ue_sweep.evals.membership.scores import logit_confidence, loss_score, max_posterior
 
-#: ``loss``: Yeom et al.'s loss threshold; ``confidence``: ML-Leaks' threshold on the largest
+#: ``loss``: Yeom et al.'s loss threshold; ``max_posterior``: ML-Leaks' threshold on the largest
 #: posterior (label-free; the true class's posterior would rank exactly as the loss does);
 #: ``lira_*``: Carlini et al.'s likelihood ratio from shadows
 SHADOW_ATTACKS = ("lira_online", "lira_offline")
@@ -34,7 +34,7 @@ def attack_scores(
     for attack in attacks:
         if attack == "loss":
             out[attack] = loss_score(logits[:, 0], labels)
-        elif attack == "confidence":
+        elif attack == "max_posterior":
             out[attack] = max_posterior(logits[:, 0])
         else:
             if shadow is None or in_mask is None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ue_sweep.config import setting
 
-ATTACKS = ("loss", "confidence", "lira_online", "lira_offline")
+ATTACKS = ("loss", "max_posterior", "lira_online", "lira_offline")
 
 
 QUERIES = ("clean", "published")
@@ -40,6 +40,11 @@ class MembershipConfig:
     shadow_index: int = setting(0, ge=0)
     # The attack job trains the shadows no shadow job left in the store; false: refuses to.
     in_process: bool = True
+    # Shadows trained like each target (its data condition and recipe; LiRA's assumption), each
+    # set shared through the store; false: the clean shadows for every target (then a noisy or
+    # defended target's LiRA numbers are recorded as a lower bound). Shadow jobs (`role=shadow`)
+    # train the clean set; the attack job trains the other sets it needs.
+    shadow_match: bool = True
 
 
 def holdout(cfg: MembershipConfig) -> float:

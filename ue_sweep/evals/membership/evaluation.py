@@ -44,6 +44,7 @@ from ue_sweep.evals.registry import evaluations
 from ue_sweep.report.section import EvalOutcome, ReportSection
 from ue_sweep.report.stats import Stat
 from ue_sweep.runtime.tracking import atomic_torch_save
+from ue_sweep.store.artifacts import StageKey
 from ue_sweep.uc.controls import control_noises
 from ue_sweep.uc.noise import apply_cluster_noise
 
@@ -127,7 +128,24 @@ class _Published:
         )
         self._images: dict[str, torch.Tensor] = {"protected": p.images}
         self._holdout_clusters: torch.Tensor | None = None
+        self._all_holdout_clusters: torch.Tensor | None = None
         self.clean = data.train_images
+
+    def pool(self, name: str) -> torch.Tensor:
+        """The shadows' pool ``train ++ holdout`` under condition ``name``: the published
+        training images, the hold-out images with the noise of their nearest cluster."""
+        data = self.ctx.data
+        assert data.holdout_images is not None
+        if name == CLEAN:
+            return torch.cat([data.train_images, data.holdout_images.to(data.train_images.device)])
+        assert self.ctx.protection.assign is not None, "refused by check() for uc.source"
+        if self._all_holdout_clusters is None:
+            self._all_holdout_clusters = self.ctx.protection.assign(data.holdout_images)
+        held = apply_cluster_noise(
+            data.holdout_images, self._all_holdout_clusters, self.noises[name]
+        )
+        published = self.images(name)
+        return torch.cat([published, held.to(published.device)])
 
     def images(self, name: str) -> torch.Tensor:
         if name not in self._images:
@@ -208,16 +226,57 @@ def _shadow_scores(
     plan: shadow_models.ShadowPlan,
     queries: Sequence[QuerySet],
     views: Sequence[View],
+    shadow_set: shadow_models.ShadowSet | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """``[2m, S, V]`` shadow scores per query set, and each shadow's record."""
+    """``[2m, S, V]`` shadow scores (of ``shadow_set``) per query set, and each shadow's
+    record."""
     per_query: dict[str, list[torch.Tensor]] = defaultdict(list)
     records = []
     for i in range(plan.count):
-        scores, info = shadow_models.shadow_scores(ctx, plan, i, queries, views)
+        scores, info = shadow_models.shadow_scores(ctx, plan, i, queries, views, shadow_set)
         for name, s in scores.items():
             per_query[name].append(s)
         records.append(info)
     return {name: torch.stack(s, 1) for name, s in per_query.items()}, records
+
+
+def _shadow_set(
+    cfg: MembershipConfig,
+    plan: shadow_models.ShadowPlan,
+    published: _Published | None,
+    victim: TrainedVictim,
+    condition: str | None,
+) -> shadow_models.ShadowSet:
+    """The shadows trained like ``victim``: the pool under its data condition, its recipe; or
+    the nearest set, marked unmatched (its LiRA numbers are a lower bound), when its training
+    cannot be repeated on a shadow's subset."""
+    plain = victim.recipe_key is None
+
+    def unmatched(reason: str, tag: str = "") -> shadow_models.ShadowSet:
+        base = plan.clean_set()
+        pool = base.pool_images if not tag else published.pool(tag)  # type: ignore[union-attr]
+        return shadow_models.ShadowSet(tag, pool, matched=False, reason=reason)
+
+    if condition is None:
+        return unmatched("its training images carry no noise of this job: shadows on clean data")
+    if not cfg.shadow_match:
+        if condition == CLEAN and plain:
+            return plan.clean_set()
+        return unmatched("evals.membership.shadow_match=false: shadows on clean data")
+    near = "" if condition == CLEAN else condition
+    if victim.dp_safe:
+        return unmatched(
+            "a DP-SGD victim: shadows are trained without DP-SGD on the same data condition", near
+        )
+    if condition != CLEAN and published is None:
+        return unmatched("no published query set: shadows on clean data")
+    if plain:
+        if condition == CLEAN:
+            return plan.clean_set()
+        return shadow_models.ShadowSet(condition, published.pool(condition))  # type: ignore[union-attr]
+    digest = StageKey("shadow-recipe", victim.recipe_key).digest[:8]
+    pool = plan.pool_images if condition == CLEAN else published.pool(condition)  # type: ignore[union-attr]
+    return shadow_models.ShadowSet(f"{condition}-{digest}", pool, victim.recipe, victim.recipe_key)
 
 
 def _require_shadows(ctx: EvalContext, plan: shadow_models.ShadowPlan) -> None:
@@ -283,9 +342,36 @@ def run(ctx: EvalContext, cfg: MembershipConfig) -> dict[str, Any]:
         len(views),
         ", ".join(v.label for v in victims),
     )
-    shadow, shadow_records = (
-        _shadow_scores(ctx, cfg, plan, list(queries.values()), views) if plan else ({}, [])
+    # Each target's shadows (trained like it where its training can be repeated), and the
+    # query sets each set of shadows is scored on.
+    sets = (
+        {v.label: _shadow_set(cfg, plan, published, v, conditions[v.label]) for v in victims}
+        if plan
+        else {}
     )
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for v in victims:
+        if v.label in sets:
+            names = {CLEAN} if "clean" in cfg.query else set()
+            if "published" in cfg.query and conditions[v.label]:
+                names.add(conditions[v.label])  # type: ignore[arg-type]
+            wanted[sets[v.label].tag] |= names
+    by_tag = {s.tag: s for s in sets.values()}
+    if plan is not None and not cfg.in_process:
+        for tag, shadow_set in by_tag.items():
+            if absent := shadow_models.missing(ctx, plan, shadow_set):
+                raise UserError(
+                    f"membership: shadows {absent} of set {tag or 'clean'} are not in the "
+                    "artifact store; the attack job trains them with "
+                    "evals.membership.in_process=true"
+                )
+    shadow: dict[str, dict[str, torch.Tensor]] = {}
+    shadow_records: list[dict[str, Any]] = []
+    for tag, shadow_set in by_tag.items():
+        asked = [queries[q] for q in sorted(wanted[tag])]
+        shadow[tag], records = _shadow_scores(ctx, cfg, plan, asked, views, shadow_set)  # type: ignore[arg-type]
+        if not tag:
+            shadow_records = records
     in_mask = plan.keep[split.pool_index] if plan else None
     is_member = split.is_member
     outcome_victims: dict[str, Any] = {}
@@ -297,6 +383,9 @@ def run(ctx: EvalContext, cfg: MembershipConfig) -> dict[str, Any]:
             "test_accuracy": float(victim.result["mean_last"]["accuracy"]),
             "queries": {},
         }
+        if victim.label in sets:
+            # which shadows LiRA compared this target with ("lower bound" where unmatched)
+            record["shadows"] = sets[victim.label].record(plan.count)  # type: ignore[union-attr]
         for query in cfg.query:
             name = CLEAN if query == "clean" else conditions[victim.label]
             if name is None:
@@ -308,8 +397,9 @@ def run(ctx: EvalContext, cfg: MembershipConfig) -> dict[str, Any]:
             q = queries[name]
             logits = view_logits(model, q.images, views, rt)
             attacks = [a for a in cfg.attacks if plan or a not in SHADOW_ATTACKS]
+            own = shadow.get(sets[victim.label].tag, {}) if victim.label in sets else {}
             scores = attack_scores(
-                logits, q.labels, attacks, shadow.get(name), in_mask, cfg.fixed_variance
+                logits, q.labels, attacks, own.get(name), in_mask, cfg.fixed_variance
             )
             record["queries"][query] = {
                 "query_set": name,
@@ -398,9 +488,17 @@ def summary(record: Mapping[str, Any], m: Mapping[str, Any]) -> Sequence[str]:
             lines.append(
                 f"  {label:<17}{cells}{100 * acc['members']:>8.1f}/{100 * acc['nonmembers']:.1f}"
             )
+    for label, r in m["victims"].items():
+        if r.get("shadows", {}).get("matched") is False:
+            lines.append(f"  {label}: LiRA is a lower bound ({r['shadows']['reason']})")
     for label, why in m.get("skipped", {}).items():
         lines.append(f"  {label}: not attacked ({why})")
     return lines
+
+
+def _lower_bound(record: Mapping[str, Any], attack: str) -> bool:
+    """Whether ``attack`` on this target compared it with shadows not trained like it."""
+    return attack in SHADOW_ATTACKS and record.get("shadows", {}).get("matched") is False
 
 
 def _cells(
@@ -418,7 +516,9 @@ def _cells(
                     if query not in queries:
                         queries.append(query)
                     for attack, m in found.get("attacks", {}).items():
-                        cell = cells.setdefault((row, label, attack), defaultdict(list))
+                        bound = _lower_bound(record, attack)
+                        shown = f"{attack} (lower bound)" if bound else attack
+                        cell = cells.setdefault((row, label, shown), defaultdict(list))
                         cell[(query, "auc")].append(m["auc"])
                         cell[(query, "tpr")].append(m["tpr_at_fpr"]["0.01"])
     return queries, cells
@@ -450,8 +550,10 @@ def report(groups: Mapping[str, Sequence[EvalOutcome]]) -> ReportSection | None:
             "Membership inference on each victim (%), mean ± std over seeds: ROC AUC and TPR at "
             "1% FPR, members vs as many hold-out non-members (balanced per class). Query `clean`: "
             "the members' clean originals vs clean hold-out images; `published`: members as the "
-            "victim saw them vs hold-out images with the noise of their nearest cluster. With a "
-            "few hundred non-members, TPR at low FPR moves in steps of several points."
+            "victim saw them vs hold-out images with the noise of their nearest cluster. LiRA's "
+            "shadows train like each target (its data condition and recipe); `(lower bound)`: "
+            "they could not (a DP-SGD target, or `shadow_match=false`). With a few hundred "
+            "non-members, TPR at low FPR moves in steps of several points."
         ),
         header=header,
         rows=rows,

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 #: line style per attack; colour per victim
-_STYLES = {"loss": ":", "confidence": "-.", "lira_online": "-", "lira_offline": "--"}
+_STYLES = {"loss": ":", "max_posterior": "-.", "lira_online": "-", "lira_offline": "--"}
 
 Curve = tuple[Sequence[float], Sequence[float]]
 

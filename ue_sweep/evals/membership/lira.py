@@ -12,13 +12,17 @@ logit-scaled confidences give a Gaussian for the IN world and one for the OUT wo
   only (the paper's code uses the OUT log-density instead; the one-sided test is the paper's
   text, and does not call an unusually *low* confidence a member);
 - ``fixed_variance``: one standard deviation shared by every example and both worlds (the
-  paper's choice for few shadows) instead of each example's own. It is then a common scale of
-  every score, so the ROC does not depend on how it is estimated; here the standard deviation
-  of all the shadow observations the attack uses (IN and OUT online, OUT offline).
+  paper's choice for few shadows) instead of each example's own: online, the standard deviation
+  of all the shadow observations the attack uses (IN and OUT); offline, of the OUT ones (as the
+  reference code). Online, a shared width only scales every per-view log-ratio by the same
+  1 / (2 s^2), so the ROC does not depend on it; offline it does (log Phi is not linear, and
+  the views' scores are averaged), which is why it follows the reference there.
 
-Means and standard deviations are the sample mean and the population (ddof 0) deviation over the
-shadows; a per-example deviation is floored at :data:`MIN_STD` so identical observations give a
-finite score. The per-view scores are averaged over the views. Everything is float64.
+Per example and view, each world's centre is the **median** of its shadows' scores (the
+reference code's ``np.median``: linear interpolation between the two middle values of an even
+count) and its width the population (ddof 0) standard deviation; a per-example deviation is
+floored at :data:`MIN_STD` so identical observations give a finite score. The per-view scores
+are averaged over the views. Everything is float64.
 """
 
 from __future__ import annotations
@@ -46,15 +50,17 @@ def shadow_membership(pool: int, shadows: int, seed: int) -> torch.Tensor:
 
 
 def _masked_moments(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and population standard deviation over the shadows where ``mask``:
-    ``x`` ``[N, S, V]``, ``mask`` ``[N, S]`` -> two ``[N, V]``."""
+    """Median (the centre, as the reference code) and population standard deviation (about the
+    mean) over the shadows where ``mask``: ``x`` ``[N, S, V]``, ``mask`` ``[N, S]`` -> two
+    ``[N, V]``."""
     m = mask.to(x.dtype).unsqueeze(-1)
     count = m.sum(1)
     if bool((count == 0).any()):
         raise ValueError("every example needs at least one shadow observation in each world")
     mean = (x * m).sum(1) / count
     var = ((x - mean.unsqueeze(1)).pow(2) * m).sum(1) / count
-    return mean, var.sqrt()
+    kept = torch.where(mask.unsqueeze(-1).expand_as(x), x, torch.nan)
+    return torch.nanquantile(kept, 0.5, dim=1), var.sqrt()
 
 
 def _log_normal(t: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -92,13 +98,13 @@ def lira_online(
     ``shadow``: the shadows' ``[N, S, V]`` (or ``[N, S]``); ``in_mask``: bool ``[N, S]``.
     """
     target, shadow, in_mask = _check(target, shadow, in_mask)
-    mean_in, std_in = _masked_moments(shadow, in_mask)
-    mean_out, std_out = _masked_moments(shadow, ~in_mask)
+    centre_in, std_in = _masked_moments(shadow, in_mask)
+    centre_out, std_out = _masked_moments(shadow, ~in_mask)
     if fixed_variance:
-        std_in = std_out = _fixed_std(shadow).expand_as(mean_in)
+        std_in = std_out = _fixed_std(shadow).expand_as(centre_in)
     else:
         std_in, std_out = std_in.clamp_min(MIN_STD), std_out.clamp_min(MIN_STD)
-    ratio = _log_normal(target, mean_in, std_in) - _log_normal(target, mean_out, std_out)
+    ratio = _log_normal(target, centre_in, std_in) - _log_normal(target, centre_out, std_out)
     return ratio.mean(-1)
 
 
@@ -111,9 +117,9 @@ def lira_offline(
     """Offline LiRA score per example (higher: member), float64 ``[N]``: the log-probability
     that an OUT model scores at most the target's score (only the OUT shadows are used)."""
     target, shadow, in_mask = _check(target, shadow, in_mask)
-    mean_out, std_out = _masked_moments(shadow, ~in_mask)
+    centre_out, std_out = _masked_moments(shadow, ~in_mask)
     if fixed_variance:
-        std_out = _fixed_std(shadow[~in_mask]).expand_as(mean_out)
+        std_out = _fixed_std(shadow[~in_mask]).expand_as(centre_out)
     else:
         std_out = std_out.clamp_min(MIN_STD)
-    return torch.special.log_ndtr((target - mean_out) / std_out).mean(-1)
+    return torch.special.log_ndtr((target - centre_out) / std_out).mean(-1)

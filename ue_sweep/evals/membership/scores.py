@@ -6,8 +6,8 @@ computed in float64 from the gathered logits, so every rank holds the same score
 world size. Higher is "more likely a member" for every score:
 
 - ``loss``: minus the cross-entropy of the true label (Yeom et al. 2018's loss threshold);
-- ``confidence``: the softmax probability of the true label (a monotone function of the loss:
-  the same ROC);
+- ``true_class_posterior``: the softmax probability of the true label (a monotone function of
+  the loss: the same ROC);
 - ``max_posterior``: the largest softmax probability, whatever the label (ML-Leaks' threshold
   attack, Salem et al. 2019, adversary 3: needs no label, and differs from the loss on the
   examples the model gets wrong);
@@ -112,7 +112,7 @@ def loss_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return _true_logit(z, labels) - torch.logsumexp(z, -1)
 
 
-def confidence_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def true_class_posterior(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The softmax probability of the true label, float64."""
     return loss_score(logits, labels).exp()
 
@@ -137,7 +137,7 @@ def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 SCORES = {
     "loss": loss_score,
-    "confidence": confidence_score,
+    "true_class_posterior": true_class_posterior,
     "max_posterior": max_posterior,
     "logit_confidence": logit_confidence,
 }

@@ -1,7 +1,7 @@
 """DP-SGD victims (Opacus) on possibly imbalanced data: the private training
 loop, and the evaluation (``evaluation.py``)."""
 
-from ue_sweep.evals.privacy.config import PrivacyConfig
+from ue_sweep.evals.privacy.config import PrivacyConfig, check
 from ue_sweep.evals.registry import Evaluation, lazy
 
 EVALUATION = Evaluation(
@@ -11,4 +11,5 @@ EVALUATION = Evaluation(
     job_type="privacy",
     summary=lazy("ue_sweep.evals.privacy.evaluation:summary"),
     report=lazy("ue_sweep.evals.privacy.evaluation:report"),
+    check=check,
 )

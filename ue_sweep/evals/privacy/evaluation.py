@@ -26,6 +26,7 @@ import torch
 
 from ue_sweep.evals.context import EvalContext, TrainedVictim
 from ue_sweep.evals.privacy.config import PrivacyConfig
+from ue_sweep.evals.privacy.public_init import copy_public_weights, freeze_first, public_state
 from ue_sweep.evals.privacy.training import PrivacySpec, train_private_classifier
 from ue_sweep.report.section import EvalOutcome, ReportSection
 from ue_sweep.report.stats import Stat, percent
@@ -40,6 +41,28 @@ CONDITIONS = ("clean", "protected", "control")
 
 def eps_text(epsilon: float) -> str:
     return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+
+
+def setting_text(spec: PrivacySpec) -> str:
+    """The outcome's name of a privacy setting: ``8``, ``inf``, or ``sigma1`` (sigma given)."""
+    if spec.noise_multiplier is not None:
+        return f"sigma{spec.noise_multiplier:g}"
+    return eps_text(spec.epsilon)
+
+
+def privacy_specs(cfg: PrivacyConfig, delta: float) -> list[PrivacySpec]:
+    """The DP settings the evaluation trains, in order: one per target epsilon, or the given
+    noise multiplier (then only ``.inf`` of the epsilons stays, as the baseline)."""
+
+    def spec(epsilon: float, sigma: float | None = None) -> PrivacySpec:
+        return PrivacySpec(
+            epsilon, delta, cfg.max_grad_norm, cfg.accountant, cfg.physical_batch, sigma
+        )
+
+    if cfg.noise_multiplier is None:
+        return [spec(e) for e in cfg.epsilons]
+    baseline = [spec(math.inf) for e in cfg.epsilons if math.isinf(e)][:1]
+    return [spec(math.inf, cfg.noise_multiplier), *baseline]
 
 
 def _mean_last(victim: Mapping[str, Any], key: str) -> float | None:
@@ -80,9 +103,11 @@ def _recipe_key(spec: PrivacySpec, overrides: dict[str, Any]) -> dict[str, Any]:
     """What a DP victim depends on beyond the plain victim's key (inf: no delta, no accountant,
     so one baseline serves every privacy setting)."""
     private = spec.private
+    sigma = {} if spec.noise_multiplier is None else {"noise_multiplier": spec.noise_multiplier}
     return {
         "method": "dp-sgd",
-        "epsilon": eps_text(spec.epsilon),
+        "epsilon": None if sigma else eps_text(spec.epsilon),
+        **sigma,
         "delta": spec.delta if private else None,
         "max_grad_norm": spec.max_grad_norm if private else None,
         "accountant": spec.accountant if private else None,
@@ -96,11 +121,21 @@ def train_dp_victim(
     images: torch.Tensor,
     spec: PrivacySpec,
     overrides: dict[str, Any],
+    init: str = "scratch",
+    freeze: int = 0,
 ) -> dict[str, Any]:
     """A DP-SGD victim on ``images`` (a stage: reused when trained before), registered in
-    ``ctx.victims``; returns its result with the ``privacy`` record."""
+    ``ctx.victims``; returns its result with the ``privacy`` record. ``init``, ``freeze``: public
+    pretraining (``evals/privacy/public_init.py``)."""
     cfg, rt, data = ctx.cfg, ctx.rt, ctx.data
-    recipe_key = _recipe_key(spec, overrides)
+    public: tuple[dict[str, Any], str] | None = None
+    extra: dict[str, Any] = {}
+    if init == "surrogate":
+        public = public_state(cfg, data.channels, data.image_size)
+        s = cfg.surrogate
+        extra = {"init": {"surrogate": s.arch, "weights": s.weights, "source": public[1]}}
+        extra["freeze"] = freeze
+    recipe_key = _recipe_key(spec, overrides) | extra
     key = ctx.victim_key(images, recipe_key)
     stage = f"victim-{label}"
     recipe = replace(cfg.victim, **{k: v for k, v in overrides.items() if v is not None})
@@ -108,6 +143,10 @@ def train_dp_victim(
     def train() -> dict[str, Any]:
         torch.manual_seed(derive_seed(cfg.seed, "victim-init"))
         model = ctx.new_victim_model(dp_safe=True)
+        pretraining: dict[str, Any] = {"init": init}
+        if public is not None:
+            pretraining["copied"] = len(copy_public_weights(model, public[0]))
+            pretraining["frozen"] = freeze_first(model, freeze)
         result, privacy = train_private_classifier(
             model,
             images,
@@ -124,6 +163,7 @@ def train_dp_victim(
             name=f"DP victim ({label})",
             checkpoint=ctx.checkpoints.stage(stage),
         )
+        privacy["pretraining"] = pretraining
         return {"result": result.as_dict() | {"privacy": privacy}, "state": model.state_dict()}
 
     outcome = ctx.stages.run(stage, key, train)
@@ -142,12 +182,14 @@ def run(ctx: EvalContext, cfg: PrivacyConfig) -> dict[str, Any]:
     images["control"] = control_images
     overrides = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr}
     victims: dict[str, dict[str, Any]] = defaultdict(dict)
-    for epsilon in cfg.epsilons:
-        spec = PrivacySpec(epsilon, delta, cfg.max_grad_norm, cfg.accountant, cfg.physical_batch)
+    for spec in privacy_specs(cfg, delta):
+        text = setting_text(spec)
         for condition, x in images.items():
             name = control if condition == "control" else condition
-            label = f"dp-{name}-eps{eps_text(epsilon)}"
-            victims[condition][eps_text(epsilon)] = train_dp_victim(ctx, label, x, spec, overrides)
+            label = f"dp-{name}-" + (text if text.startswith("sigma") else f"eps{text}")
+            victims[condition][text] = train_dp_victim(
+                ctx, label, x, spec, overrides, cfg.init, cfg.freeze
+            )
     return privacy_metrics(dict(victims), control, control_source, delta)
 
 
@@ -212,8 +254,11 @@ def summary(record: Mapping[str, Any], m: Mapping[str, Any]) -> Sequence[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _eps_value(text: str) -> float:
-    return math.inf if text == "inf" else float(text)
+def _eps_value(text: str) -> tuple[int, float]:
+    """Sort key of a setting's name: given noise multipliers first, then epsilons, inf last."""
+    if text.startswith("sigma"):
+        return 0, -float(text.removeprefix("sigma"))
+    return 1, math.inf if text == "inf" else float(text)
 
 
 def _cells(jobs: Sequence[EvalOutcome]) -> dict[tuple[str, str, str], Stat]:
@@ -286,6 +331,10 @@ def report(groups: Mapping[str, Sequence[EvalOutcome]]) -> ReportSection | None:
 _COLORS = {"clean": "tab:green", "protected": "tab:red", "control": "tab:gray"}
 
 
+def _tick(setting: str) -> str:
+    return f"σ={setting.removeprefix('sigma')}" if setting.startswith("sigma") else f"ε={setting}"
+
+
 def _plot_curves(per_row: Mapping[str, Any], path: Path) -> None:
     """Per dataset row: accuracy (solid) and worst-class accuracy (dashed) against epsilon,
     ``inf`` at the right end; whiskers: min-max over seeds."""
@@ -316,7 +365,7 @@ def _plot_curves(per_row: Mapping[str, Any], path: Path) -> None:
                     capsize=3,
                     label=f"{c} {'worst class' if metric != 'accuracy' else 'accuracy'}",
                 )
-        ax.set_xticks(x, [f"ε={e}" for e in epsilons])
+        ax.set_xticks(x, [_tick(e) for e in epsilons])
         ax.set_ylim(0, 100)
         ax.set_ylabel("clean-test accuracy (%)")
         ax.set_title(label, fontsize="medium")
@@ -359,7 +408,7 @@ def _plot_recall(per_row: Mapping[str, Any], path: Path) -> None:
         ax.set_xlabel("class (training images), most frequent first")
         ax.set_ylabel("recall (%)")
         ax.set_ylim(0, 100)
-        ax.set_title(f"{label}: per-class recall at ε={e}", fontsize="medium")
+        ax.set_title(f"{label}: per-class recall at {_tick(e)}", fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize="small", loc="best")
     fig.savefig(path, dpi=150)

@@ -60,7 +60,9 @@ _HOOK_WARNING = "Full backward hook is firing when gradients are computed"
 
 @dataclass(frozen=True)
 class PrivacySpec:
-    """How private a DP victim is; ``epsilon = math.inf``: no noise, no clipping."""
+    """How private a DP victim is: a target ``epsilon`` (the noise multiplier found for it), or
+    a given ``noise_multiplier`` (epsilon then what the accountant says was spent);
+    ``epsilon = math.inf`` without a noise multiplier: no noise, no clipping."""
 
     epsilon: float
     delta: float
@@ -68,10 +70,12 @@ class PrivacySpec:
     accountant: str = "prv"
     #: largest batch one forward-backward pass takes (memory only, not the maths)
     physical_batch: int = 256
+    #: sigma set directly (the seeds' 1.0, 0.4-0.7) instead of found for a target epsilon
+    noise_multiplier: float | None = None
 
     @property
     def private(self) -> bool:
-        return math.isfinite(self.epsilon)
+        return self.noise_multiplier is not None or math.isfinite(self.epsilon)
 
 
 class PoissonBatches:
@@ -118,9 +122,12 @@ def sampling(n: int, batch_size: int, epochs: int) -> tuple[int, float, int]:
 
 
 def noise_multiplier(spec: PrivacySpec, sample_rate: float, steps: int) -> float:
-    """Opacus' noise multiplier for (epsilon, delta) after ``steps`` steps at rate q."""
+    """The given noise multiplier, or Opacus' for (epsilon, delta) after ``steps`` steps at
+    rate q."""
     if not spec.private:
         return 0.0
+    if spec.noise_multiplier is not None:
+        return spec.noise_multiplier
     from opacus.accountants.utils import get_noise_multiplier
 
     return float(
@@ -246,7 +253,10 @@ def train_private_classifier(
         history=[EpochRecord(**r) for r in loop.history],
     )
     privacy = {
-        "target_epsilon": spec.epsilon if spec.private else "inf",
+        # None: the noise multiplier was given, epsilon is only what was spent
+        "target_epsilon": None
+        if spec.noise_multiplier is not None
+        else (spec.epsilon if spec.private else "inf"),
         # what the accountant says was spent over every step taken (None: no guarantee)
         "epsilon": float(engine.accountant.get_epsilon(spec.delta)) if spec.private else None,
         "delta": spec.delta,

@@ -6,7 +6,7 @@ aggregations, serves the unlearning requests (seeded random training points, or 
 indices), retrains the affected constituents from the first slice that held a removed point, and
 records the accuracy again, what the retraining cost against retraining every constituent from
 scratch on the remaining data, and membership attacks (``ue_sweep/membership``: loss and
-true-class confidence) on the removed points against an equal-sized seeded sample of hold-out
+true-class posterior) on the removed points against an equal-sized seeded sample of hold-out
 images that no model of the job saw, before and after unlearning.
 
 Attacks query the clean images for both conditions (what a data owner holds; the hold-out has
@@ -32,6 +32,7 @@ from ue_sweep.evals.membership.scores import SCORES
 from ue_sweep.evals.unlearning.aggregate import accuracy, majority_vote, mean_posterior
 from ue_sweep.evals.unlearning.config import CONDITIONS, DEFAULT_REQUESTS, UnlearningConfig
 from ue_sweep.evals.unlearning.ensemble import Fit, SisaTrainer
+from ue_sweep.evals.unlearning.monolithic import monolithic_attacks
 from ue_sweep.evals.unlearning.partition import (
     Partition,
     draw_requests,
@@ -46,7 +47,7 @@ from ue_sweep.report.section import EvalOutcome, ReportSection
 from ue_sweep.report.stats import Stat
 from ue_sweep.runtime.seeding import generator
 
-ATTACKS = ("loss", "confidence")
+ATTACKS = ("loss", "true_class_posterior")
 TARGETS = ("ensemble", "shard")
 
 
@@ -300,6 +301,19 @@ def run(ctx: EvalContext, cfg: UnlearningConfig) -> dict[str, Any]:
                 "before": int(before.total("removed_seen")),
                 "after": int(after.total("removed_seen")),
             },
+            # One model on the whole pool, before and after its full retrain without the
+            # requests, attacked on the same points (the baseline SISA is read against)
+            "single_model": monolithic_attacks(
+                ctx,
+                condition,
+                images,
+                removed,
+                queries.images,
+                queries.test_labels,
+                queries.member_labels,
+                queries.reference_labels,
+                {a: SCORES[a] for a in ATTACKS},
+            ),
         }
     return outcome
 
@@ -336,6 +350,13 @@ def summary(record: Mapping[str, Any], m: Mapping[str, Any]) -> Sequence[str]:
             f"training {c['removed_in_training']['before']} -> "
             f"{c['removed_in_training']['after']}"
         )
+        if single := c.get("single_model"):
+            auc = [single[w]["attacks"]["loss"]["auc"] for w in ("before", "after")]
+            lines.append(
+                f"  {'':<12}single model on the pool, full retrain: accuracy "
+                f"{100 * single['before']['accuracy']:.1f} -> "
+                f"{100 * single['after']['accuracy']:.1f}, AUC {auc[0]:.2f} -> {auc[1]:.2f}"
+            )
     return lines
 
 
@@ -394,7 +415,7 @@ def report(groups: Mapping[str, Sequence[EvalOutcome]]) -> ReportSection | None:
             "remaining data. AUC: loss-threshold membership attack on the removed points "
             "against as many never-seen hold-out images, scored by the ensemble's mean "
             "posterior or by the removed point's own constituent (shard); 0.5 is chance, and "
-            "the true-class confidence attack has the same ROC (a monotone transform)."
+            "the true-class posterior attack has the same ROC (a monotone transform)."
         ),
         header=["dataset", "condition", *(h for h, _, _ in _COLUMNS)],
         rows=rows,
