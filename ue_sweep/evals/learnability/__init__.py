@@ -15,8 +15,8 @@ EVALUATION = Evaluation(
     config=LearnabilityConfig,
     run=lazy("ue_sweep.evals.learnability.evaluation:run"),
     job_type="learnability",
-    summary=lazy("ue_sweep.evals.learnability.evaluation:summary"),
-    report=lazy("ue_sweep.evals.learnability.evaluation:report"),
+    summary=lazy("ue_sweep.evals.learnability.report:summary"),
+    report=lazy("ue_sweep.evals.learnability.report:report"),
     snapshots=snapshot_epochs,
     check=lazy("ue_sweep.evals.learnability.evaluation:check"),
 )

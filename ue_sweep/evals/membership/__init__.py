@@ -17,8 +17,8 @@ EVALUATION = Evaluation(
     config=MembershipConfig,
     run=lazy("ue_sweep.evals.membership.evaluation:run"),
     job_type="membership",
-    summary=lazy("ue_sweep.evals.membership.evaluation:summary"),
-    report=lazy("ue_sweep.evals.membership.evaluation:report"),
+    summary=lazy("ue_sweep.evals.membership.report:summary"),
+    report=lazy("ue_sweep.evals.membership.report:report"),
     holdout=holdout,
     check=lazy("ue_sweep.evals.membership.evaluation:check"),
 )

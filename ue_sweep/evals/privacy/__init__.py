@@ -9,7 +9,7 @@ EVALUATION = Evaluation(
     config=PrivacyConfig,
     run=lazy("ue_sweep.evals.privacy.evaluation:run"),
     job_type="privacy",
-    summary=lazy("ue_sweep.evals.privacy.evaluation:summary"),
-    report=lazy("ue_sweep.evals.privacy.evaluation:report"),
+    summary=lazy("ue_sweep.evals.privacy.report:summary"),
+    report=lazy("ue_sweep.evals.privacy.report:report"),
     check=check,
 )
