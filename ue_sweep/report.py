@@ -45,6 +45,8 @@ from ue_sweep.evals import JobOutcome, ReportSection, evaluations
 from ue_sweep.stats import Stat
 from ue_sweep.sweep import grid_overrides, plain_override
 from ue_sweep.tracking import RESULT_FILE, process_gone
+from ue_sweep.uc.diagnostics_table import CAPTION as DIAGNOSTICS_CAPTION
+from ue_sweep.uc.diagnostics_table import diagnostics_markdown
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,8 @@ class Job:
     logger: Mapping[str, Any] | None = None
     #: the completed job's `evals` outcomes, by evaluation
     evals: Mapping[str, Any] = field(default_factory=dict)
+    #: the completed job's UC diagnostics (uc/diagnostics.py), when it computed a protection
+    diagnostics: Mapping[str, Any] | None = None
 
     @classmethod
     def read(cls, path: Path, sweep_dir: Path) -> Job:
@@ -130,6 +134,7 @@ class Job:
                 wandb=record.get("wandb"),
                 logger=config.get("logger"),
                 evals=dict(record.get("evals", {})) if completed else {},
+                diagnostics=record.get("diagnostics") if completed else None,
             )
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a ue-sweep result ({type(err).__name__}: {err})") from err
@@ -439,6 +444,10 @@ def markdown_report(report: Report, figures: Sequence[str]) -> str:
     for section in report.sections:
         lines += ["", f"## {section.title}", "", section.caption, "", section.markdown()]
         lines += [f"![{name}]({name})" for name in section.figures]
+    diagnosed = [(j.dir, dict(j.diagnostics)) for j in report.jobs if j.diagnostics]
+    if diagnosed:
+        lines += ["", "## UC diagnostics", "", DIAGNOSTICS_CAPTION, ""]
+        lines += [diagnostics_markdown(diagnosed)]
     items = problems(report)
     lines += ["", "## Jobs without a result", "", *(items or ["None."])]
     if report.grid_note:
