@@ -240,3 +240,52 @@ def test_bad_new_settings_fail_naming_the_key(compose_cfg, overrides, key):
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         to_root_config(compose_cfg(*overrides), on_this_host=False)
+
+
+@pytest.mark.parametrize(
+    ("gaps", "protected", "expected"),
+    [
+        ([0.2, 0.2], [0.3, 0.3], "too few seeds"),
+        ([0.20, 0.22, 0.18], [0.3, 0.4, 0.5], "supported"),
+        ([0.20, 0.22, 0.18], [0.7, 0.7, 0.7], "inconclusive"),
+        ([0.05, 0.06, 0.04], [0.3, 0.3, 0.3], "inconclusive"),
+        ([0.1, -0.1, 0.0], [0.3, 0.3, 0.3], "not supported"),
+        ([-0.2, -0.21, -0.19], [0.3, 0.3, 0.3], "controls protect better"),
+    ],
+)
+def test_the_pre_registered_rule(gaps, protected, expected):
+    from ue_sweep.uc.study import verdict
+
+    assert verdict(gaps, protected) == expected
+
+
+def test_study_table_pairs_each_seeds_strongest_control_with_its_protected(tmp_path):
+    import json
+
+    from ue_sweep.uc.study import read_jobs, study_table, t_interval
+
+    for seed, (protected, sign, untrained) in enumerate([(0.3, 0.5, 0.6), (0.4, 0.8, 0.5)]):
+        job = tmp_path / str(seed)
+        job.mkdir()
+        record = {
+            "status": "completed",
+            "seed": seed,
+            "config": {"clusters": {"k": 3}, "surrogate": {}, "generator": {"kind": "direct"}},
+            "metrics": {
+                "accuracy": {
+                    "clean": 0.99,
+                    "protected": protected,
+                    "sign": sign,
+                    "untrained": untrained,
+                }
+            },
+            "diagnostics": {"purity": 0.5},
+        }
+        (job / "result.json").write_text(json.dumps(record))
+    cells = read_jobs([tmp_path])
+    assert list(cells) == [(3, "labels", "direct")]
+    row = study_table(cells).splitlines()[2]
+    # strongest - protected per seed: 0.5 - 0.3 and 0.5 - 0.4, mean 0.15
+    low, high = t_interval([0.2, 0.1])
+    assert f"+15.0 [{100 * low:+.1f}, {100 * high:+.1f}]" in row
+    assert "| 35.0 ± 7.1 |" in row and "| 0.50 |" in row and row.endswith("too few seeds |")
