@@ -289,3 +289,26 @@ def test_study_table_pairs_each_seeds_strongest_control_with_its_protected(tmp_p
     low, high = t_interval([0.2, 0.1])
     assert f"+15.0 [{100 * low:+.1f}, {100 * high:+.1f}]" in row
     assert "| 35.0 ± 7.1 |" in row and "| 0.50 |" in row and row.endswith("too few seeds |")
+
+
+def test_the_report_shows_each_jobs_diagnostics(tmp_path):
+    import json
+
+    from ue_sweep.report import collect, markdown_report
+
+    record = {
+        "status": "completed",
+        "config": {"dataset": {"name": "digits"}, "batch_size": {"per_device": 64}},
+        "overrides": ["seed=0"],
+        "seed": 0,
+        "world_size": 1,
+        "dataset": {"name": "digits"},
+        "batch": {"per_device": 64, "global": 64},
+        "metrics": {"accuracy": {"clean": 0.99, "protected": 0.4}},
+        "diagnostics": {"label_nmi": 0.96, "purity": 0.98, "gradient_share": 0.25},
+    }
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "result.json").write_text(json.dumps(record))
+    text = markdown_report(collect(tmp_path), [])
+    assert "## UC diagnostics" in text
+    assert "| `0` | 0.960 | 0.980 |  |  |  |  | 0.250 |" in text
