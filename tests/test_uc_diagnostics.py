@@ -314,3 +314,9 @@ def test_the_report_shows_each_jobs_diagnostics(tmp_path):
     text = markdown_report(collect(tmp_path, sections=eval_sections), [])
     assert "## UC diagnostics" in text
     assert "| `0` | 0.960 | 0.980 |  |  |  |  | 0.250 |" in text
+    # The same table as numbers, next to the evaluations' CSV files.
+    from ue_sweep.cli.report import write_report
+
+    write_report(tmp_path, tmp_path / "report", use_wandb=False)
+    rows = (tmp_path / "report" / "diagnostics.csv").read_text().splitlines()
+    assert rows[0].startswith("job,NMI,purity") and rows[1] == "0,0.960,0.980,,,,,0.250"
