@@ -21,6 +21,7 @@ from ue_sweep.config import (
     TrainerConfig,
 )
 from ue_sweep.models.classifiers import FeatureClassifier, build_classifier
+from ue_sweep.models.direct import DirectNoise
 from ue_sweep.models.generators import GeneratorBank
 from ue_sweep.runtime.distributed import runtime
 from ue_sweep.runtime.env import DistEnv, env_from_launcher
@@ -53,16 +54,23 @@ def calibrated_surrogate(images: torch.Tensor) -> FeatureClassifier:
     return model.eval().requires_grad_(False)
 
 
-def train_bank(env: DistEnv, out: str, per_device: int, scope: str, output: str) -> None:
+def train_bank(
+    env: DistEnv, out: str, per_device: int, scope: str, output: str, kind: str = "bank"
+) -> None:
     """Generator training in float64, where rounding-order differences (1 vs 2 ranks) stay at
-    1e-16 and cannot flip a clamp or an Adam step: the two runs must agree to ~1e-9."""
+    1e-16 and cannot flip a clamp or an Adam step: the two runs must agree to ~1e-9.
+    ``kind=direct`` trains the patterns themselves (models/direct.py) the same way."""
     with runtime(env, CPU) as rt:
         images = separable_images(48, 3)
         surrogate = calibrated_surrogate(images)
         features = extract_features(surrogate, images, 5, rt)
         clusters = cluster_features(features, ClustersConfig(k=3, n_init=2), 0, rt)
         torch.manual_seed(2)
-        bank = GeneratorBank(3, 1, 8, eps=0.3, ngf=4, n_blocks=1, n_downsampling=1, output=output)
+        bank = (
+            DirectNoise(3, 1, 8, eps=0.3, seed=2)
+            if kind == "direct"
+            else GeneratorBank(3, 1, 8, eps=0.3, ngf=4, n_blocks=1, n_downsampling=1, output=output)
+        )
         bank, surrogate = bank.double(), surrogate.double()
         initial = {name: t.clone() for name, t in bank.state_dict().items()}
         stats = train_generators(
@@ -77,6 +85,7 @@ def train_bank(env: DistEnv, out: str, per_device: int, scope: str, output: str)
                 eps=0.3,
                 scope=scope,
                 output=output,
+                kind=kind,
                 noise_order="before_augment",
                 monitor_images=0,
             ),
@@ -94,6 +103,7 @@ def train_bank(env: DistEnv, out: str, per_device: int, scope: str, output: str)
                     "ids": clusters.ids.cpu(),
                     "loss": stats.loss_history,
                     "global_batch": stats.global_batch,
+                    "gradient": stats.gradient,
                 },
                 out,
             )

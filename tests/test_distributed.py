@@ -79,6 +79,19 @@ def test_two_ranks_with_batch_b_train_the_same_generators_as_one_rank_with_2b(
     assert moved > 1e-3, "training changed the generators"
 
 
+@pytest.mark.parametrize("scope", ["all", "cluster"])
+def test_direct_patterns_train_the_same_on_two_ranks_with_b_as_on_one_with_2b(tmp_path, scope):
+    args = (scope, "tanh", "direct")
+    one = _run(dist_workers.train_bank, 1, str(tmp_path / "one.pt"), 16, *args)
+    two = _run(dist_workers.train_bank, 2, str(tmp_path / "two.pt"), 8, *args)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-9)
+    torch.testing.assert_close(two["bank"]["w"], one["bank"]["w"], rtol=1e-7, atol=1e-9)
+    assert (one["bank"]["w"] - one["initial"]["w"]).abs().max() > 1e-3, "the patterns moved"
+    # The union over ranks of the pixels that got a gradient is what one rank sees.
+    assert two["gradient"] == one["gradient"]
+    assert one["gradient"]["overall"] > 0.5, "eps * tanh passes gradients (bar clipped pixels)"
+
+
 def test_accuracy_counts_are_exact_over_ranks_without_padding(tmp_path):
     one = _run(dist_workers.evaluate_and_gather, 1, str(tmp_path / "one.pt"))
     two = _run(dist_workers.evaluate_and_gather, 2, str(tmp_path / "two.pt"))

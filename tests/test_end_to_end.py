@@ -280,3 +280,39 @@ def test_torchrun_ranks_share_one_job_and_only_rank_zero_writes(tmp_path):
     assert (job / ".hydra" / "config.yaml").exists()
     assert (job / "ue_sweep.rank1.log").exists()
     assert "k-means" not in (job / "ue_sweep.rank1.log").read_text()
+
+
+def test_demo_records_its_diagnostics(demo_job):
+    _, record = demo_job
+    d = record["diagnostics"]
+    k = record["clusters"]["k"]
+    for key in ("purity", "sign_agreement", "gradient_share", "target_hit_rate"):
+        assert 0 <= d[key] <= 1 and len(d["per_cluster"][key]) == k
+    assert d["label_nmi"] == record["clusters"]["label_nmi"]
+    assert d["target_hit_rate"] == record["generator"]["history"][-1]["target_hit_rate"]
+    assert "cluster purity" in record["_stdout"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["generator=direct", "surrogate.fit_on=rotation"],
+        ["surrogate.fit_on=half_classes", "generator.against=random_train", "clusters=3"],
+    ],
+)
+def test_label_free_surrogates_direct_patterns_and_the_hpc_codes_loss_run(tmp_path, overrides):
+    """A small run of each new choice: the surrogate's fit task and the generators' loss model
+    change, every stage still runs and records its diagnostics."""
+    proc = run_cli([*SMOKE, *overrides, "evals=[]", "hydra.run.dir=job"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "job" / "result.json").read_text())
+    fit_on = record["config"]["surrogate"]["fit_on"]
+    assert record["surrogate"]["fit"]["fit_on"] == fit_on
+    assert (
+        record["surrogate"]["fit"]["train_size"]
+        == {
+            "rotation": 4 * record["dataset"]["train_size"],
+            "half_classes": sum(record["dataset"]["train_class_counts"][:5]),
+        }[fit_on]
+    )
+    assert 0 <= record["diagnostics"]["purity"] <= 1

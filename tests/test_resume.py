@@ -22,6 +22,7 @@ from ue_sweep.config import (
     TrainingConfig,
 )
 from ue_sweep.models.classifiers import build_classifier
+from ue_sweep.models.direct import DirectNoise
 from ue_sweep.models.generators import GeneratorBank
 from ue_sweep.runtime import preemption
 from ue_sweep.runtime.preemption import Preempted
@@ -187,7 +188,7 @@ def test_classifier_stopped_mid_epoch_resumes_to_the_same_model(rt, tmp_path, mo
     )
 
 
-def _train_bank(rt, checkpoint) -> GeneratorBank:
+def _train_bank(rt, checkpoint, kind: str = "bank") -> GeneratorBank | DirectNoise:
     images, _ = _digits(48)
     torch.manual_seed(0)
     surrogate = (
@@ -202,14 +203,18 @@ def _train_bank(rt, checkpoint) -> GeneratorBank:
         inertia=0.0,
     )
     torch.manual_seed(1)
-    bank = GeneratorBank(3, 1, 8, eps=0.3, ngf=4, n_blocks=1, n_downsampling=1)
+    bank = (
+        DirectNoise(3, 1, 8, eps=0.3, seed=1)
+        if kind == "direct"
+        else GeneratorBank(3, 1, 8, eps=0.3, ngf=4, n_blocks=1, n_downsampling=1)
+    )
     train_generators(
         bank,
         surrogate,
         images,
         torch.zeros(len(images), dtype=torch.long),
         clusters,
-        GeneratorConfig(epochs=3, lr=1e-2, eps=0.3),
+        GeneratorConfig(epochs=3, lr=1e-2, eps=0.3, kind=kind, output=bank.output),
         BatchSizeConfig(per_device=16),
         AugmentConfig(1, True),
         rt,
@@ -220,14 +225,15 @@ def _train_bank(rt, checkpoint) -> GeneratorBank:
     return bank
 
 
-def test_generators_stopped_mid_epoch_resume_to_the_same_bank(rt, tmp_path, monkeypatch):
-    reference = _train_bank(rt, StageCheckpoint(None))
+@pytest.mark.parametrize("kind", ["bank", "direct"])
+def test_generators_stopped_mid_epoch_resume_to_the_same_bank(rt, tmp_path, monkeypatch, kind):
+    reference = _train_bank(rt, StageCheckpoint(None), kind)
     checkpoint = StageCheckpoint(tmp_path / "generators.pt", "fp", writer=True)
     monkeypatch.setattr(preemption, "requested", _StopAt(step=5))  # epoch 1, step 2 of 3
     with pytest.raises(Preempted):
-        _train_bank(rt, checkpoint)
+        _train_bank(rt, checkpoint, kind)
     monkeypatch.setattr(preemption, "requested", lambda rt: False)
-    resumed = _train_bank(rt, checkpoint)
+    resumed = _train_bank(rt, checkpoint, kind)
     for (name, a), b in zip(
         reference.state_dict().items(), resumed.state_dict().values(), strict=True
     ):

@@ -170,6 +170,10 @@ class ModelSpec:
 @dataclass
 class SurrogateConfig(ModelSpec):
     weights: str = setting("fit", one_of=("pretrained", "none", "fit", "path"))
+    # What `weights: fit` fits on (uc/surrogate_fit.py): `labels`, the victim's own labels;
+    # `half_classes`, only the images and labels of the first half of the classes; `rotation`,
+    # no labels at all (self-supervised: which of 4 rotations an image was turned by).
+    fit_on: str = setting("labels", one_of=("labels", "half_classes", "rotation"))
     checkpoint: str | None = None
     normalize: str = setting("none", one_of=("none", "imagenet"))
     # Resize images to this size inside the surrogate (e.g. 224 for ImageNet weights).
@@ -194,7 +198,17 @@ class ClustersConfig:
 
 @dataclass
 class GeneratorConfig:
+    # `bank`: UC's generator networks (models/generators.py); `direct`: the k noise patterns
+    # themselves are the parameters, eps * tanh of a free tensor (models/direct.py).
+    kind: str = setting("bank", one_of=("bank", "direct"))
     eps: float = setting(16 / 255, gt=0.0, le=1.0)
+    # Softmax temperature T of UC's loss, KL(softmax(c / T) || softmax(f / T)); 1 is UC's.
+    temperature: float = setting(1.0, gt=0.0)
+    # The network UC's loss is computed with: `surrogate`, the frozen surrogate whose features
+    # the clusters live in (UC's method); `random_train`, a randomly initialised network of the
+    # surrogate's architecture in train mode (batch statistics), as the public HPC code ran
+    # because its checkpoint never loaded (experiment=ue_hpc_code).
+    against: str = setting("surrogate", one_of=("surrogate", "random_train"))
     scope: str = setting("all", one_of=("all", "cluster"))
     epochs: int = setting(50, ge=1)
     lr: float = setting(1e-4, gt=0.0)
@@ -387,6 +401,19 @@ def check_cross_fields(cfg: RootConfig) -> None:
             "generator.n_downsampling",
             cfg.generator.n_downsampling,
             f"2**n_downsampling <= dataset.image_size/2 = {cfg.dataset.image_size // 2}",
+        )
+    if cfg.generator.kind == "direct" and cfg.generator.output != "tanh":
+        raise ConfigError(
+            "generator.output",
+            cfg.generator.output,
+            "tanh with generator.kind=direct (its patterns are eps * tanh of free parameters)",
+        )
+    if cfg.surrogate.fit_on != "labels" and cfg.surrogate.weights != "fit":
+        raise ConfigError(
+            "surrogate.fit_on",
+            cfg.surrogate.fit_on,
+            f"labels (the default) with surrogate.weights={cfg.surrogate.weights}: "
+            "it chooses what a fitted surrogate is fitted on",
         )
     if cfg.surrogate.weights == "path" and not cfg.surrogate.checkpoint:
         raise ConfigError(

@@ -33,6 +33,7 @@ from ue_sweep.report.section import EvalOutcome, ReportSection
 from ue_sweep.report.tables import markdown_report, write_jobs_csv, write_table_csv
 from ue_sweep.report.upload import log_to_wandb
 from ue_sweep.runtime.tracking import RESULT_FILE
+from ue_sweep.uc.diagnostics_table import diagnostics_section
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ CURVES_PNG = "accuracy_vs_batch.png"
 
 
 def eval_sections(completed: Sequence[Job]) -> list[ReportSection]:
-    """What each evaluation with a report adds: its tables and figures over the sweep's jobs."""
+    """What each evaluation with a report adds: its tables and figures over the sweep's jobs;
+    then the UC diagnostics of every completed job that computed a protection."""
     groups = group_jobs(completed)
     sections = []
     for name, evaluation in evaluations().items():
@@ -64,6 +66,9 @@ def eval_sections(completed: Sequence[Job]) -> list[ReportSection]:
         section = evaluation.report({k: v for k, v in outcomes.items() if v})
         if section is not None:
             sections.append(section)
+    diagnostics = diagnostics_section([(j.dir, j.diagnostics or {}) for j in completed])
+    if diagnostics is not None:
+        sections.append(diagnostics)
     return sections
 
 

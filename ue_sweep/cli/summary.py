@@ -34,6 +34,19 @@ def _uc_lines(record: dict[str, Any]) -> list[str]:
         f"{percent(last['saturated_fraction']).strip()}"
         if "target_hit_rate" in last
         else f"generators {gen['epochs']} epochs: KL {first['loss']:.3f} -> {last['loss']:.3f}",
+        *_diagnostics_lines(record.get("diagnostics")),
+    ]
+
+
+def _diagnostics_lines(d: dict[str, Any] | None) -> list[str]:
+    if not d:
+        return []
+    corr = "n/a" if d["correlation"] is None else f"{d['correlation']:.2f}"
+    grad = "n/a" if d["gradient_share"] is None else percent(d["gradient_share"]).strip()
+    return [
+        f"cluster purity {percent(d['purity']).strip()} (NMI {d['label_nmi']:.2f}); noise vs its "
+        f"untrained start: sign agreement {percent(d['sign_agreement']).strip()}, correlation "
+        f"{corr}; pixels that ever got a gradient {grad}"
     ]
 
 

@@ -28,6 +28,7 @@ from ue_sweep.evals.context import EvalContext
 from ue_sweep.evals.registry import check_data as check_evaluations_data
 from ue_sweep.evals.registry import evaluations, holdout_fraction
 from ue_sweep.models.classifiers import FeatureClassifier
+from ue_sweep.models.direct import DirectNoise
 from ue_sweep.models.generators import GeneratorBank
 from ue_sweep.report.media import NOISE_PNG, SAMPLES_PNG, noise_grid, sample_grid, save_png
 from ue_sweep.runtime.distributed import Runtime
@@ -44,12 +45,13 @@ from ue_sweep.store.keys import (
     surrogate_key,
 )
 from ue_sweep.uc.clustering import Clusters, cluster_features, nearest_centers, use_sharded
+from ue_sweep.uc.diagnostics import job_diagnostics
 from ue_sweep.uc.features import extract_features
 from ue_sweep.uc.noise import apply_cluster_noise
 from ue_sweep.uc.protection import Protection
 from ue_sweep.uc.shards import write_shards
 from ue_sweep.uc.source import load_source
-from ue_sweep.uc.surrogate import build_surrogate
+from ue_sweep.uc.surrogate import build_surrogate, loss_model
 from ue_sweep.uc.train_generators import GeneratorStats, train_generators
 
 NOISE_FILE = "noise.pt"
@@ -154,10 +156,15 @@ def _clusters(
     return Clusters(**{k: v.to(rt.device) if torch.is_tensor(v) else v for k, v in found.items()})
 
 
-def _new_bank(cfg: RootConfig, k: int, data: ImageSplits, rt: Runtime) -> GeneratorBank:
-    """The generator bank as UC's training starts from it: the same weights on every call."""
+def _new_bank(
+    cfg: RootConfig, k: int, data: ImageSplits, rt: Runtime
+) -> GeneratorBank | DirectNoise:
+    """The generator bank (or the direct patterns) as UC's training starts from it: the same
+    weights on every call."""
     torch.manual_seed(derive_seed(cfg.seed, "generator-init"))
     g = cfg.generator
+    if g.kind == "direct":
+        return DirectNoise(k, data.channels, data.image_size, g.eps, seed=cfg.seed).to(rt.device)
     return GeneratorBank(
         k,
         data.channels,
@@ -182,7 +189,7 @@ def _generators(
     checkpoints: JobCheckpoints,
     stages: Stages,
     key: StageKey,
-) -> tuple[GeneratorBank, GeneratorStats]:
+) -> tuple[GeneratorBank | DirectNoise, GeneratorStats]:
     bank = _new_bank(cfg, clusters.k, data, rt)
 
     def compute() -> dict[str, Any]:
@@ -200,6 +207,7 @@ def _generators(
             progress=progress,
             placement=placement,
             checkpoint=checkpoints.stage("generators"),
+            loss_model=loss_model(cfg, data, rt),
         )
         return {"bank": bank.state_dict(), "stats": stats.as_dict()}
 
@@ -252,6 +260,17 @@ def _protect(
     with timer("noise"), torch.no_grad():
         noise = bank().float()
         protected = apply_cluster_noise(data.train_images, clusters.ids, noise)
+    with timer("diagnostics"):
+        diagnostics = job_diagnostics(
+            cfg,
+            surrogate,
+            data,
+            clusters,
+            noise,
+            _new_bank(cfg, clusters.k, data, rt),
+            stats.gradient,
+            rt,
+        )
     protection = Protection(
         noise=noise,
         cluster_ids=clusters.ids,
@@ -273,6 +292,7 @@ def _protect(
         },
         "surrogate": surrogate_info,
         "clusters": clusters.summary(data.train_labels),
+        "diagnostics": diagnostics,
         "generator": stats.as_dict(),
         "throughput": {
             "generator_images_per_s": stats.images_per_s,

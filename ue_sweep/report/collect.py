@@ -74,6 +74,8 @@ class Job:
     logger: Mapping[str, Any] | None = None
     #: the completed job's `evals` outcomes, by evaluation
     evals: Mapping[str, Any] = field(default_factory=dict)
+    #: the completed job's UC diagnostics (uc/diagnostics.py), when it computed a protection
+    diagnostics: Mapping[str, Any] | None = None
 
     @classmethod
     def read(cls, path: Path, sweep_dir: Path) -> Job:
@@ -114,6 +116,7 @@ class Job:
                 wandb=record.get("wandb"),
                 logger=config.get("logger"),
                 evals=dict(record.get("evals", {})) if completed else {},
+                diagnostics=record.get("diagnostics") if completed else None,
             )
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a ue-sweep result ({type(err).__name__}: {err})") from err

@@ -32,6 +32,8 @@ _DATA_FIELDS = (
     "test_fraction",
     "split_seed",
 )
+# Generator fields added after stores were filled: in a key only when not at their default.
+_GENERATOR_DEFAULTS = {"kind": "bank", "temperature": 1.0, "against": "surrogate"}
 _DIGEST_BYTES = 32
 _HASH_ROWS = 4096
 
@@ -73,6 +75,8 @@ def _file_identity(path: Path) -> dict[str, Any]:
 def surrogate_key(cfg: RootConfig, data: dict[str, Any], world_size: int) -> StageKey:
     s = asdict(cfg.surrogate)
     fit = s.pop("fit")
+    if cfg.surrogate.weights != "fit" or s["fit_on"] == "labels":
+        s.pop("fit_on")  # the default: keys of surrogates fitted on labels stay as they were
     inputs: dict[str, Any] = {"data": data, "surrogate": s}
     if cfg.surrogate.weights == "fit":
         inputs |= {"fit": fit, **_training(cfg, world_size)}
@@ -93,6 +97,9 @@ def clusters_key(cfg: RootConfig, surrogate: StageKey) -> StageKey:
 def generators_key(cfg: RootConfig, clusters: StageKey, world_size: int) -> StageKey:
     generator = asdict(cfg.generator)
     generator.pop("chunk_size")  # bounds memory only: the same batches, the same maths
+    for name, default in _GENERATOR_DEFAULTS.items():  # added later: old keys stay valid
+        if generator[name] == default:
+            generator.pop(name)
     return StageKey(
         "generators",
         {

@@ -85,3 +85,26 @@ class NoiseMonitor:
             "own_center_rate": own,
             "surrogate_accuracy": correct,
         }
+
+    @torch.no_grad()
+    def hit_rates(self, noise: torch.Tensor) -> dict[str, object]:
+        """Target hit rate overall and per cluster (None for a cluster without monitored
+        images): for the job's final diagnostics, not every epoch."""
+        k = self.clusters.k
+        if self.count == 0:
+            return {"overall": None, "per_cluster": None}
+        centers = self.clusters.centers.to(self.rt.device)
+        targets = self.clusters.targets.to(self.rt.device)[self.ids]
+        protected = apply_cluster_noise(self.images, self.ids.to(self.images.device), noise)
+        sums = torch.zeros(2, k, dtype=torch.float64, device=self.rt.device)
+        for start in range(0, len(protected), _BATCH):
+            sl = slice(start, start + _BATCH)
+            x = protected[sl].to(self.rt.device).float().div_(255)
+            with self.rt.autocast():
+                _, features = self.surrogate(x)
+            hit = (torch.cdist(features.float(), centers).argmin(1) == targets[sl]).double()
+            sums[0].index_add_(0, self.ids[sl], hit)
+            sums[1].index_add_(0, self.ids[sl], torch.ones_like(hit))
+        hits, counts = self.rt.all_reduce_sum(sums)
+        per = [float(h / c) if c > 0 else None for h, c in zip(hits, counts, strict=True)]
+        return {"overall": float(hits.sum() / counts.sum()), "per_cluster": per}

@@ -19,6 +19,7 @@ from ue_sweep.runtime.seeding import derive_seed
 from ue_sweep.store.artifacts import StageKey, Stages
 from ue_sweep.store.checkpoint import NO_CHECKPOINTS, JobCheckpoints
 from ue_sweep.train.classifier import train_classifier
+from ue_sweep.uc.surrogate_fit import fit_classes, fit_task
 
 
 def _stored_state(cfg: RootConfig) -> tuple[dict[str, torch.Tensor] | None, str]:
@@ -62,7 +63,9 @@ def build_surrogate(
     model = build_classifier(
         s,
         in_channels=data.channels,
-        num_classes=weights.head_classes(state) if state is not None else data.num_classes,
+        num_classes=weights.head_classes(state)
+        if state is not None
+        else fit_classes(s.fit_on, data.num_classes),
         image_size=data.image_size,
         normalize=s.normalize,
         input_size=s.input_size,
@@ -71,6 +74,8 @@ def build_surrogate(
         weights.load_into(model, state, s.arch, source)
     model.to(rt.device)
     info: dict[str, Any] = {"arch": s.arch, "weights": s.weights, "source": source}
+    if s.weights == "fit":
+        info["fit_on"] = s.fit_on
     if s.weights == "fit":
         fitted = stages.run(
             "surrogate",
@@ -92,14 +97,16 @@ def _fit(
     placement: Placement,
     checkpoints: JobCheckpoints,
 ) -> dict[str, Any]:
-    """Fit the surrogate on the training set: its weights and how the fit went."""
+    """Fit the surrogate on the training set (as ``surrogate.fit_on`` says): its weights and how
+    the fit went; its test accuracy is on the same task (rotations, or the fitted classes)."""
+    task = fit_task(cfg.surrogate.fit_on, data)
     result = train_classifier(
         model,
-        data.train_images,
-        data.train_labels,
-        data.test_images,
-        data.test_labels,
-        data.num_classes,
+        task.train_images,
+        task.train_labels,
+        task.test_images,
+        task.test_labels,
+        task.num_classes,
         cfg.surrogate.fit,
         cfg.dataset.augment,
         rt,
@@ -110,8 +117,33 @@ def _fit(
         checkpoint=checkpoints.stage("surrogate"),
     )
     fit = {
+        "fit_on": cfg.surrogate.fit_on,
+        "train_size": len(task.train_images),
         "epochs": cfg.surrogate.fit.epochs,
         "test_accuracy": result.test.accuracy,
         "seconds": result.seconds,
     }
     return {"state": model.state_dict(), "fit": fit}
+
+
+def loss_model(cfg: RootConfig, data: ImageSplits, rt: Runtime) -> FeatureClassifier | None:
+    """The network the generators' loss uses when it is not the surrogate (None: it is).
+
+    ``generator.against=random_train`` reproduces the public HPC code, whose ResNet-50
+    checkpoint never loaded (its key filter cannot match the ``resnet.`` prefix) and whose model
+    stayed in train mode: a seeded random network of the surrogate's architecture whose batch
+    norm uses each batch's statistics. Its weights are never trained (no gradient reaches them).
+    """
+    if cfg.generator.against == "surrogate":
+        return None
+    s = cfg.surrogate
+    torch.manual_seed(derive_seed(cfg.seed, "random-loss-model"))
+    model = build_classifier(
+        s,
+        in_channels=data.channels,
+        num_classes=data.num_classes,
+        image_size=data.image_size,
+        normalize=s.normalize,
+        input_size=s.input_size,
+    )
+    return model.to(rt.device).train().requires_grad_(False)

@@ -31,12 +31,14 @@ from ue_sweep.config import AugmentConfig, BatchSizeConfig, GeneratorConfig
 from ue_sweep.data.batches import Augmenter, Batch, batch_source
 from ue_sweep.data.placement import ON_DEVICE, Placement
 from ue_sweep.models.classifiers import FeatureClassifier
+from ue_sweep.models.direct import DirectNoise
 from ue_sweep.models.generators import GeneratorBank
 from ue_sweep.runtime.distributed import Runtime
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.store.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
 from ue_sweep.train.loop import EpochClose, EpochLoop
 from ue_sweep.uc.clustering import Clusters
+from ue_sweep.uc.diagnostics import GradientCoverage
 from ue_sweep.uc.monitor import NoiseMonitor
 
 
@@ -56,6 +58,8 @@ class GeneratorStats:
     # Per epoch: loss and the noise diagnostics of uc/monitor.py; `initial`: the untrained bank.
     history: list[dict[str, Any]] = field(default_factory=list)
     initial: dict[str, float] = field(default_factory=dict)
+    # Share of noise pixels that ever received a gradient: `overall` and `per_cluster`.
+    gradient: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -73,13 +77,15 @@ def uc_loss_grad(
     *,
     indices: torch.Tensor | None = None,
     augment: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch's UC loss and its gradient with respect to the ``[k, C, H, W]`` noise.
 
     Returns the per-generator sums of KL over this rank's items ``[k]``, the items per generator
     ``[k]`` and the gradient of the objective ``world_size * sum_g KL_g / global_count_g`` (DDP
     averages over ranks, which makes it each generator's mean KL over the global batch).
-    ``augment(images, indices)`` is applied to the protected images when given.
+    ``augment(images, indices)`` is applied to the protected images when given; the features
+    are divided by ``temperature`` before the softmax (``target_probs`` must use the same).
     """
     noise = noise.detach().requires_grad_(True)
     b, k = images.shape[0], noise.shape[0]
@@ -105,7 +111,7 @@ def uc_loss_grad(
             protected = augment(protected, indices[imgs])
         with rt.autocast():
             _, features = surrogate(protected)
-        log_q = features.float().log_softmax(-1)
+        log_q = (features.float() / temperature).log_softmax(-1)
         kl = F.kl_div(log_q, target_probs[gens], reduction="none").sum(-1)
         (kl * weight[gens].to(kl.dtype)).sum().backward()
         kl_sums.index_add_(0, gens, kl.detach().double())
@@ -114,7 +120,7 @@ def uc_loss_grad(
 
 
 def train_generators(
-    bank: GeneratorBank,
+    bank: GeneratorBank | DirectNoise,
     surrogate: FeatureClassifier,
     train_images: torch.Tensor,
     labels: torch.Tensor,
@@ -127,10 +133,14 @@ def train_generators(
     progress: Progress,
     checkpoint: StageCheckpoint = NO_CHECKPOINT,
     placement: Placement = ON_DEVICE,
+    loss_model: FeatureClassifier | None = None,
 ) -> GeneratorStats:
     """Train ``bank`` in place (wrapped in DDP) against the frozen ``surrogate``.
 
     ``labels`` (class labels) only serve the surrogate-accuracy diagnostic of the monitor.
+    ``loss_model``: the network the loss is computed with, when not ``surrogate`` (the HPC
+    code's random network, ``generator.against``); the monitor always uses ``surrogate``, whose
+    feature space the centres live in.
 
     Resumes from ``checkpoint`` when it holds a state, saves one after every epoch, and stops at a
     checkpoint when preemption is requested.
@@ -158,9 +168,14 @@ def train_generators(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=cfg.epochs * len(stream), eta_min=cfg.min_lr
     )
-    target_probs = clusters.centers[clusters.targets].softmax(-1)
+    target_probs = (clusters.centers[clusters.targets] / cfg.temperature).softmax(-1)
     k = clusters.k
-    resumable = Resumable(checkpoint, bank=bank, optimizer=optimizer, schedule=schedule)
+    with torch.no_grad():
+        coverage = GradientCoverage(tuple(bank().shape), rt.device)
+    clamped = bank.output == "reference"  # the only bound that blocks gradients
+    resumable = Resumable(
+        checkpoint, bank=bank, optimizer=optimizer, schedule=schedule, coverage=coverage
+    )
     # running sums of the epoch on this rank: KL per generator [k], items per generator [k]
     epochs = EpochLoop(resumable, rt, progress, "generators", cfg.epochs, len(stream), 2 * k)
     loop = epochs.start()
@@ -188,7 +203,7 @@ def train_generators(
     def step(batch: Batch, sums: torch.Tensor) -> None:
         noise = ddp()
         kl_sums, counts, grad = uc_loss_grad(
-            surrogate,
+            surrogate if loss_model is None else loss_model,
             batch.images,
             batch.labels,
             noise,
@@ -198,7 +213,9 @@ def train_generators(
             rt,
             indices=batch.indices,
             augment=augmenter,
+            temperature=cfg.temperature,
         )
+        coverage.update(noise, grad, cfg.eps, clamped)
         optimizer.zero_grad(set_to_none=True)
         noise.backward(grad)
         optimizer.step()
@@ -209,7 +226,9 @@ def train_generators(
         kl_total, count_total = totals.view(2, k)
         present = count_total > 0
         loss = float((kl_total[present] / count_total[present]).mean())
-        record = {"epoch": epoch, "loss": loss, **measure()}
+        coverage.merge(rt)  # the union over ranks of the pixels that got a gradient so far
+        share = coverage.shares()[0]
+        record = {"epoch": epoch, "loss": loss, **measure(), "gradient_share": share}
         return EpochClose(record, _shown(record))
 
     epochs.run(loop, batches, step, close)
@@ -230,6 +249,7 @@ def train_generators(
         loss_history=[h["loss"] for h in history[1:]],
         history=history[1:],
         initial=history[0],
+        gradient=dict(zip(("overall", "per_cluster"), coverage.shares(), strict=True)),
     )
 
 
