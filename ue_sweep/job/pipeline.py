@@ -9,8 +9,6 @@ same inputs computed. Rank 0 writes the job's files; the caller writes the resul
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,51 +25,27 @@ from ue_sweep.errors import ConfigError
 from ue_sweep.evals.context import EvalContext
 from ue_sweep.evals.registry import check_data as check_evaluations_data
 from ue_sweep.evals.registry import evaluations, holdout_fraction
-from ue_sweep.models.classifiers import FeatureClassifier
-from ue_sweep.models.direct import DirectNoise
-from ue_sweep.models.generators import GeneratorBank
-from ue_sweep.report.media import NOISE_PNG, SAMPLES_PNG, noise_grid, sample_grid, save_png
+from ue_sweep.job.protect import SURROGATE_FILE, new_bank, protect
+from ue_sweep.job.publish import (
+    NOISE_FILE,
+    PROTECTED_FILE,
+    PROTECTED_SHARDS,
+    protected_name,
+    publish,
+)
+from ue_sweep.job.stage import StageRun, StageTimer
+from ue_sweep.report.media import NOISE_PNG, SAMPLES_PNG
 from ue_sweep.runtime.distributed import Runtime
 from ue_sweep.runtime.progress import Progress
-from ue_sweep.runtime.seeding import derive_seed
-from ue_sweep.runtime.tracking import atomic_torch_save
-from ue_sweep.store.artifacts import ArtifactStore, StageKey, Stages
+from ue_sweep.store.artifacts import ArtifactStore, Stages
 from ue_sweep.store.checkpoint import NO_CHECKPOINTS, JobCheckpoints
 from ue_sweep.store.keys import (
-    clusters_key,
     content_digest,
     data_identity,
-    generators_key,
-    surrogate_key,
 )
-from ue_sweep.uc.clustering import Clusters, cluster_features, nearest_centers, use_sharded
-from ue_sweep.uc.diagnostics import job_diagnostics
-from ue_sweep.uc.features import extract_features
-from ue_sweep.uc.noise import apply_cluster_noise
 from ue_sweep.uc.protection import Protection
 from ue_sweep.uc.shards import write_shards
 from ue_sweep.uc.source import load_source
-from ue_sweep.uc.surrogate import build_surrogate, loss_model
-from ue_sweep.uc.train_generators import GeneratorStats, train_generators
-
-NOISE_FILE = "noise.pt"
-PROTECTED_FILE = "protected_train.pt"
-PROTECTED_SHARDS = "protected_train"
-SURROGATE_FILE = "surrogate.pt"
-FEATURE_BATCH = 512
-
-
-class StageTimer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
 def check_against_data(cfg: RootConfig, data: ImageSplits) -> None:
@@ -125,234 +99,6 @@ def _on_device(data: ImageSplits, device: torch.device, placement: Placement) ->
     )
 
 
-def _clusters(
-    cfg: RootConfig,
-    surrogate: FeatureClassifier,
-    data: ImageSplits,
-    rt: Runtime,
-    progress: Progress,
-    timer: StageTimer,
-    stages: Stages,
-    key: StageKey,
-) -> Clusters:
-    def compute() -> dict[str, Any]:
-        # Sharded k-means needs only this rank's rows: no rank gathers all features.
-        sharded = use_sharded(cfg.clusters, len(data.train_images))
-        with timer("features"):
-            features = extract_features(
-                surrogate, data.train_images, FEATURE_BATCH, rt, gather=not sharded
-            )
-        with timer("kmeans"), progress.stage("k-means", total_steps=1) as kmeans:
-            clusters = cluster_features(features, cfg.clusters, cfg.seed, rt, local=sharded)
-            kmeans.advance()
-        return {
-            "ids": clusters.ids.cpu(),
-            "centers": clusters.centers.cpu(),
-            "targets": clusters.targets.cpu(),
-            "inertia": clusters.inertia,
-        }
-
-    found = stages.run("clusters", key, compute)
-    return Clusters(**{k: v.to(rt.device) if torch.is_tensor(v) else v for k, v in found.items()})
-
-
-def _new_bank(
-    cfg: RootConfig, k: int, data: ImageSplits, rt: Runtime
-) -> GeneratorBank | DirectNoise:
-    """The generator bank (or the direct patterns) as UC's training starts from it: the same
-    weights on every call."""
-    torch.manual_seed(derive_seed(cfg.seed, "generator-init"))
-    g = cfg.generator
-    if g.kind == "direct":
-        return DirectNoise(k, data.channels, data.image_size, g.eps, seed=cfg.seed).to(rt.device)
-    return GeneratorBank(
-        k,
-        data.channels,
-        data.image_size,
-        g.eps,
-        ngf=g.ngf,
-        n_blocks=g.n_blocks,
-        n_downsampling=g.n_downsampling,
-        output=g.output,
-        seed=cfg.seed,
-    ).to(rt.device)
-
-
-def _generators(
-    cfg: RootConfig,
-    surrogate: FeatureClassifier,
-    data: ImageSplits,
-    clusters: Clusters,
-    rt: Runtime,
-    progress: Progress,
-    placement: Placement,
-    checkpoints: JobCheckpoints,
-    stages: Stages,
-    key: StageKey,
-) -> tuple[GeneratorBank | DirectNoise, GeneratorStats]:
-    bank = _new_bank(cfg, clusters.k, data, rt)
-
-    def compute() -> dict[str, Any]:
-        stats = train_generators(
-            bank,
-            surrogate,
-            data.train_images,
-            data.train_labels,
-            clusters,
-            cfg.generator,
-            cfg.batch_size,
-            cfg.dataset.augment,
-            rt,
-            seed=derive_seed(cfg.seed, "generator-data"),
-            progress=progress,
-            placement=placement,
-            checkpoint=checkpoints.stage("generators"),
-            loss_model=loss_model(cfg, data, rt),
-        )
-        return {"bank": bank.state_dict(), "stats": stats.as_dict()}
-
-    found = stages.run("generators", key, compute)
-    bank.load_state_dict(found["bank"])
-    return bank, GeneratorStats(**found["stats"])
-
-
-def _protect(
-    cfg: RootConfig,
-    data: ImageSplits,
-    identity: dict[str, Any],
-    rt: Runtime,
-    job_dir: Path,
-    progress: Progress,
-    placement: Placement,
-    checkpoints: JobCheckpoints,
-    stages: Stages,
-    timer: StageTimer,
-) -> tuple[Protection, dict[str, Any]]:
-    """UC itself: surrogate, clusters, generators, and the noise they make."""
-    key = surrogate_key(cfg, identity, rt.world_size)
-    with timer("surrogate"):
-        surrogate, surrogate_info = build_surrogate(
-            cfg, data, rt, progress, placement, stages, key, checkpoints
-        )
-    if rt.is_main and cfg.surrogate.weights == "fit":
-        atomic_torch_save(job_dir / SURROGATE_FILE, surrogate.state_dict())
-    key = clusters_key(cfg, key)
-    clusters = _clusters(cfg, surrogate, data, rt, progress, timer, stages, key)
-    progress.info(
-        "k-means: %d clusters of sizes %s, NMI with the classes %.2f",
-        clusters.k,
-        clusters.sizes,
-        clusters.label_agreement(data.train_labels),
-    )
-    with timer("generators"):
-        bank, stats = _generators(
-            cfg,
-            surrogate,
-            data,
-            clusters,
-            rt,
-            progress,
-            placement,
-            checkpoints,
-            stages,
-            generators_key(cfg, key, rt.world_size),
-        )
-    with timer("noise"), torch.no_grad():
-        noise = bank().float()
-        protected = apply_cluster_noise(data.train_images, clusters.ids, noise)
-    with timer("diagnostics"):
-        diagnostics = job_diagnostics(
-            cfg,
-            surrogate,
-            data,
-            clusters,
-            noise,
-            _new_bank(cfg, clusters.k, data, rt),
-            stats.gradient,
-            rt,
-        )
-    protection = Protection(
-        noise=noise,
-        cluster_ids=clusters.ids,
-        eps=cfg.generator.eps,
-        images=protected,
-        untrained=lambda: _new_bank(cfg, clusters.k, data, rt)().float(),
-        source="computed",
-        extra={"centers": clusters.centers.cpu(), "targets": clusters.targets.cpu()},
-        assign=lambda images: nearest_centers(
-            extract_features(surrogate, images, FEATURE_BATCH, rt), clusters.centers
-        ),
-    )
-    outcome = {
-        "batch": {
-            "per_device": stats.per_device_batch,
-            "global": stats.global_batch,
-            "lr_scaling": cfg.batch_size.lr_scaling,
-            "lr_factor": stats.lr_factor,
-        },
-        "surrogate": surrogate_info,
-        "clusters": clusters.summary(data.train_labels),
-        "diagnostics": diagnostics,
-        "generator": stats.as_dict(),
-        "throughput": {
-            "generator_images_per_s": stats.images_per_s,
-            "generator_samples_per_s": stats.samples_per_s,
-        },
-    }
-    return protection, outcome
-
-
-def _protected_name(cfg: RootConfig, n: int) -> str | None:
-    """Where the protected set goes: one file for small sets, one shard per rank above
-    ``protected_shards_above`` images (written by every rank), or nowhere."""
-    if not cfg.save_protected:
-        return None
-    return PROTECTED_SHARDS if n > cfg.protected_shards_above else PROTECTED_FILE
-
-
-def _publish(
-    cfg: RootConfig,
-    data: ImageSplits,
-    p: Protection,
-    job_dir: Path,
-    tracker: Any,
-    single_file: bool,
-) -> None:
-    """Rank 0: the noise, the protected set as it would be published (``single_file``; else
-    every rank wrote its shard), and their pictures."""
-    atomic_torch_save(
-        job_dir / NOISE_FILE,
-        {
-            "noise": p.noise.cpu(),
-            "cluster_ids": p.cluster_ids.cpu(),
-            "eps": p.eps,
-            **p.extra,
-        },
-    )
-    if single_file:
-        atomic_torch_save(
-            job_dir / PROTECTED_FILE,
-            {
-                "images": p.images.cpu(),
-                "labels": data.train_labels.cpu(),
-                "classes": list(data.classes),
-            },
-        )
-    pictures = {
-        "noise": noise_grid(p.noise, p.eps),
-        "samples": sample_grid(data.train_images, p.images, p.cluster_ids, p.noise, p.eps),
-    }
-    save_png(job_dir / NOISE_PNG, pictures["noise"])
-    save_png(job_dir / SAMPLES_PNG, pictures["samples"])
-    tracker.log_images(
-        pictures,
-        captions={
-            "noise": "UC noise of each cluster, [-eps, eps] shown as [0, 1]",
-            "samples": "per cluster: noise, a clean training image, its protected version",
-        },
-    )
-
-
 def run_pipeline(
     cfg: RootConfig,
     rt: Runtime,
@@ -373,23 +119,61 @@ def run_pipeline(
     """
     timer = StageTimer()
     started = time.perf_counter()
-    stages = Stages(rt, store)
     tracker = progress.run_logger
     tracker.start_stage("uc")
     with timer("data"):
-        data = _load_data(cfg, rt)
-        data = apply_imbalance(data, cfg.dataset.imbalance, cfg.dataset.split_seed)
-        data = _reserve_holdout(cfg, data)
-        check_against_data(cfg, data)
-        held = () if data.holdout_images is None else (data.holdout_images, data.holdout_labels)
-        identity = data_identity(
-            cfg,
-            content_digest(
-                rt, data.train_images, data.train_labels, data.test_images, data.test_labels, *held
-            ),
-        )
-        placement = resolve_placement(cfg.dataset, data, rt.device)
-        data = _on_device(data, rt.device, placement)
+        data, identity, placement = _prepare_data(cfg, rt)
+    _log_data(progress, data, placement, rt)
+    run = StageRun(rt, progress, placement, checkpoints, Stages(rt, store), timer)
+    if cfg.uc.source is None:
+        protection, uc_outcome = protect(cfg, data, identity, job_dir, run)
+    else:
+        with timer("noise"):
+            protection, uc_outcome = load_source(cfg, data, rt, new_bank)
+    protected = protected_name(cfg, len(data.train_images))
+    if protected == PROTECTED_SHARDS:
+        write_shards(job_dir / protected, protection.images, data.train_labels, data.classes, rt)
+    if rt.is_main:
+        publish(cfg, data, protection, job_dir, tracker, single_file=protected == PROTECTED_FILE)
+    uc_outcome = {**_uc_record(data, identity, placement, protection, rt), **uc_outcome}
+    tracker.set_summary({**uc_outcome, "timings_s": timer.seconds})
+
+    ctx = EvalContext(
+        cfg, rt, data, placement, progress, run.stages, checkpoints, job_dir, identity, protection
+    )
+    results = _run_evaluations(cfg, ctx, timer)
+    timer.seconds["total"] = time.perf_counter() - started
+    outcome = {
+        **uc_outcome,
+        "timings_s": timer.seconds,
+        "stages": run.stages.provenance,
+        "evals": results,
+        "artifacts": _artifacts(cfg, protected),
+    }
+    if "victims" in results:  # the headline numbers, where reports have always read them
+        outcome["metrics"] = results["victims"]
+    tracker.set_summary(outcome)
+    return outcome
+
+
+def _prepare_data(cfg: RootConfig, rt: Runtime) -> tuple[ImageSplits, dict[str, Any], Placement]:
+    """The job's splits (imbalance, then hold-out), checked; their identity; where they live."""
+    data = _load_data(cfg, rt)
+    data = apply_imbalance(data, cfg.dataset.imbalance, cfg.dataset.split_seed)
+    data = _reserve_holdout(cfg, data)
+    check_against_data(cfg, data)
+    held = () if data.holdout_images is None else (data.holdout_images, data.holdout_labels)
+    identity = data_identity(
+        cfg,
+        content_digest(
+            rt, data.train_images, data.train_labels, data.test_images, data.test_labels, *held
+        ),
+    )
+    placement = resolve_placement(cfg.dataset, data, rt.device)
+    return _on_device(data, rt.device, placement), identity, placement
+
+
+def _log_data(progress: Progress, data: ImageSplits, placement: Placement, rt: Runtime) -> None:
     progress.info(
         "%s: %d train / %d test images, %d classes, %dx%dx%d on the %s; world size %d on %s",
         data.name,
@@ -403,20 +187,17 @@ def run_pipeline(
         rt.world_size,
         rt.device,
     )
-    if cfg.uc.source is None:
-        protection, uc_outcome = _protect(
-            cfg, data, identity, rt, job_dir, progress, placement, checkpoints, stages, timer
-        )
-    else:
-        with timer("noise"):
-            protection, uc_outcome = load_source(cfg, data, rt, _new_bank)
-    protected = _protected_name(cfg, len(data.train_images))
-    if protected == PROTECTED_SHARDS:
-        write_shards(job_dir / protected, protection.images, data.train_labels, data.classes, rt)
-    if rt.is_main:
-        _publish(cfg, data, protection, job_dir, tracker, single_file=protected == PROTECTED_FILE)
 
-    uc_outcome = {
+
+def _uc_record(
+    data: ImageSplits,
+    identity: dict[str, Any],
+    placement: Placement,
+    protection: Protection,
+    rt: Runtime,
+) -> dict[str, Any]:
+    """The job's machine, dataset and protection, as ``result.json`` records them."""
+    return {
         "world_size": rt.world_size,
         "launcher": rt.env.launcher,
         "device": str(rt.device),
@@ -441,13 +222,12 @@ def run_pipeline(
             "eps": protection.eps,
             "k": int(protection.noise.shape[0]),
         },
-        **uc_outcome,
     }
-    tracker.set_summary({**uc_outcome, "timings_s": timer.seconds})
 
-    ctx = EvalContext(
-        cfg, rt, data, placement, progress, stages, checkpoints, job_dir, identity, protection
-    )
+
+def _run_evaluations(cfg: RootConfig, ctx: EvalContext, timer: StageTimer) -> dict[str, Any]:
+    """The ``evals`` group in order, each its own tracker run."""
+    tracker = ctx.progress.run_logger
     results: dict[str, Any] = {}
     for name, eval_cfg in cfg.evals.items():
         evaluation = evaluations()[name]
@@ -455,24 +235,15 @@ def run_pipeline(
         with timer(f"evals.{name}"):
             results[name] = evaluation.run(ctx, eval_cfg)
         tracker.set_summary({"evals": {name: results[name]}})
-    timer.seconds["total"] = time.perf_counter() - started
+    return results
 
-    outcome = {
-        **uc_outcome,
-        "timings_s": timer.seconds,
-        "stages": stages.provenance,
-        "evals": results,
-        "artifacts": {
-            "noise": NOISE_FILE,
-            "protected_train": protected,
-            "surrogate": SURROGATE_FILE
-            if cfg.uc.source is None and cfg.surrogate.weights == "fit"
-            else None,
-            "noise_image": NOISE_PNG,
-            "samples_image": SAMPLES_PNG,
-        },
+
+def _artifacts(cfg: RootConfig, protected: str | None) -> dict[str, str | None]:
+    fitted = cfg.uc.source is None and cfg.surrogate.weights == "fit"
+    return {
+        "noise": NOISE_FILE,
+        "protected_train": protected,
+        "surrogate": SURROGATE_FILE if fitted else None,
+        "noise_image": NOISE_PNG,
+        "samples_image": SAMPLES_PNG,
     }
-    if "victims" in results:  # the headline numbers, where reports have always read them
-        outcome["metrics"] = results["victims"]
-    tracker.set_summary(outcome)
-    return outcome
