@@ -103,6 +103,11 @@ def main() -> None:
     # The same multirun command line maps to the same sweep directory (see conf/config.yaml).
     os.environ.setdefault(SWEEP_NAME_ENV, sweep_name(sys.argv[1:]))
     try:
+        if {"--help", "-h"} & set(sys.argv[1:]):
+            from ue_sweep.cli.help import app_help
+
+            print(app_help(sys.argv[1:]))
+            raise SystemExit(0)
         check_command_line(sys.argv[1:])
     except UserError as err:
         print(err, file=sys.stderr)
