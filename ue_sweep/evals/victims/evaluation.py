@@ -129,7 +129,11 @@ def summary(record: Mapping[str, Any], m: Mapping[str, Any]) -> Sequence[str]:
     gap = (
         f"; strongest control ({m['strongest_control']}) - protected: "
         f"{100 * m['control_gap']:.1f} points ("
-        + ("UC beats every control" if m["control_gap"] > 0 else "UC does not beat it")
+        + (
+            "protected lowest on this seed; a claim needs several seeds"
+            if m["control_gap"] > 0
+            else "a control does as well on this seed"
+        )
         + ")"
         if m["strongest_control"]
         else ""
