@@ -66,7 +66,13 @@ CASES = [
         True,
     ),
     ("unknown-dataset", 7, ["dataset=imagenet"], "one of: bloodmnist, cifar10, digits", True),
-    ("unknown-launcher", 7, ["hydra/launcher=nope"], "one of: basic, frontier, inline, jsm, local", True),
+    (
+        "unknown-launcher",
+        7,
+        ["hydra/launcher=nope"],
+        "one of: basic, frontier, inline, jsm, local",
+        True,
+    ),
     ("unknown-option-in-sweep", 7, ["-m", "clusters=5,77"], "clusters='77' is not", False),
     ("override-syntax", 7, ["clusters.k=[1"], "config error: ", True),
     (
