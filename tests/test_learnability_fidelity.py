@@ -22,6 +22,7 @@ from ue_sweep.models.classifiers import build_classifier
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.runtime.seeding import derive_seed, generator
 from ue_sweep.train.classifier import train_classifier
+from ue_sweep.train.run import LabelledData, TrainingRun
 
 AUGMENT = AugmentConfig(crop_padding=1)
 SETTINGS = SearchSettings(eps=0.05, lr=0.1, steps=2, batch_size=7)
@@ -37,17 +38,10 @@ def _victim(rt):
     model = build_classifier(ModelSpec(width=4), in_channels=1, num_classes=3, image_size=8)
     result = train_classifier(
         model,
-        images,
-        labels,
-        images,
-        labels,
-        3,
+        LabelledData(images, labels, images, labels, 3),
         TrainingConfig(epochs=2, batch_size=6),
         AUGMENT,
-        rt,
-        seed=1,
-        progress=Progress("none"),
-        name="victim",
+        TrainingRun(rt, seed=1, progress=Progress("none"), name="victim"),
         snapshot_epochs=(0, 1),
     )
     return model.double(), result, images.double() / 255, labels

@@ -21,6 +21,7 @@ from ue_sweep.store.checkpoint import JobCheckpoints
 from ue_sweep.store.keys import content_digest, snapshots_key, victim_key
 from ue_sweep.train.classifier import train_classifier
 from ue_sweep.train.recipes import VictimRecipe
+from ue_sweep.train.run import LabelledData, TrainingRun
 from ue_sweep.uc.protection import Protection
 
 
@@ -158,19 +159,23 @@ class EvalContext:
             model = self.new_victim_model()
             result = train_classifier(
                 model,
-                images,
-                data.train_labels if labels is None else labels,
-                data.test_images,
-                data.test_labels,
-                data.num_classes,
+                LabelledData(
+                    images,
+                    data.train_labels if labels is None else labels,
+                    data.test_images,
+                    data.test_labels,
+                    data.num_classes,
+                ),
                 cfg.victim,
                 cfg.dataset.augment,
-                rt,
-                seed=derive_seed(cfg.seed, "victim-data", *streams),
-                progress=self.progress,
-                name=f"victim ({label})",
-                placement=self.placement,
-                checkpoint=self.checkpoints.stage(stage),
+                TrainingRun(
+                    rt,
+                    seed=derive_seed(cfg.seed, "victim-data", *streams),
+                    progress=self.progress,
+                    name=f"victim ({label})",
+                    placement=self.placement,
+                    checkpoint=self.checkpoints.stage(stage),
+                ),
                 recipe=recipe,
                 snapshot_epochs=snapshot_epochs,
             )
