@@ -170,7 +170,7 @@ def sal_tables(env: DistEnv, out: str) -> None:
     """SAL of every layer of a tiny float64 CNN after two "epochs" (its initial weights and a
     perturbed copy), the pairs dealt over the ranks; one thread per rank, as on one rank."""
     from ue_sweep.evals.learnability.search import SearchSettings
-    from ue_sweep.evals.learnability.table import layer_names, sal_table
+    from ue_sweep.evals.learnability.table import SalRun, layer_names, sal_table
 
     with runtime(env, TrainerConfig(accelerator="cpu", timeout_s=60, threads=1)) as rt:
         torch.manual_seed(0)
@@ -191,7 +191,7 @@ def sal_tables(env: DistEnv, out: str) -> None:
             labels,
             layer_names(model),
             SearchSettings(eps=0.05, lr=0.1, steps=2, batch_size=8),
-            seed=7,
+            SalRun(seed=7),
         )
         if rt.is_main:
             torch.save(table, out)

@@ -17,7 +17,7 @@ from tests.conftest import SMOKE, run_cli
 from ue_sweep.config import AugmentConfig, ModelSpec, TrainingConfig
 from ue_sweep.data.batches import Augmenter
 from ue_sweep.evals.learnability.search import SearchSettings
-from ue_sweep.evals.learnability.table import sal_table
+from ue_sweep.evals.learnability.table import SalRun, sal_table
 from ue_sweep.models.classifiers import build_classifier
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.runtime.seeding import derive_seed, generator
@@ -100,9 +100,7 @@ def test_running_l0_and_augmented_search_match_a_direct_recomputation(rt):
         y,
         LAYERS,
         SETTINGS,
-        SEED,
-        running_l0=running,
-        augment=AUGMENT,
+        SalRun(SEED, running_l0=running, augment=AUGMENT),
     )
     assert table["l0"] == [running[0], running[1]], "L0 is the epoch's running training loss"
     model.eval()
@@ -114,7 +112,7 @@ def test_running_l0_and_augmented_search_match_a_direct_recomputation(rt):
             s_max, s_min = _reference(model, result.snapshots[e], layer, e, x, y, running[e])
             assert table["s_max"][layer][e] == pytest.approx(s_max, rel=1e-9, abs=1e-12)
             assert table["s_min"][layer][e] == pytest.approx(s_min, rel=1e-9, abs=1e-12)
-    plain = sal_table(rt, model, result.snapshots, x, y, LAYERS, SETTINGS, SEED, running)
+    plain = sal_table(rt, model, result.snapshots, x, y, LAYERS, SETTINGS, SalRun(SEED, running))
     assert plain["s_max"] != table["s_max"], "augmented draws change the search"
 
 
