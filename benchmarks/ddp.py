@@ -28,7 +28,8 @@ from ue_sweep.runtime import preemption
 from ue_sweep.runtime.distributed import Runtime, runtime, spawn
 from ue_sweep.runtime.env import DistEnv
 from ue_sweep.runtime.progress import Progress
-from ue_sweep.uc.train_generators import train_generators
+from ue_sweep.train.run import TrainingRun
+from ue_sweep.uc.train_generators import ClusteredImages, train_generators
 
 K = 10
 GLOBAL_BATCH = 128
@@ -88,15 +89,11 @@ def _stage(rt: Runtime, images: torch.Tensor, epochs: int) -> float:
     train_generators(
         workload.bank(K, cfg),
         sur,
-        images,
-        torch.zeros(len(images), dtype=torch.long),
-        clusters,
+        ClusteredImages(images, torch.zeros(len(images), dtype=torch.long), clusters),
         cfg,
         BatchSizeConfig(per_device=GLOBAL_BATCH // rt.world_size),
         workload.AUGMENT,
-        rt,
-        0,
-        Progress("none"),
+        TrainingRun(rt, seed=0, progress=Progress("none"), name="generators"),
     )
     return (time.perf_counter() - started) / epochs
 

@@ -17,7 +17,8 @@ from benchmarks.timing import best, interleaved, loglog_slope
 from ue_sweep.config import BatchSizeConfig
 from ue_sweep.runtime.distributed import Runtime
 from ue_sweep.runtime.progress import Progress
-from ue_sweep.uc.train_generators import train_generators
+from ue_sweep.train.run import TrainingRun
+from ue_sweep.uc.train_generators import ClusteredImages, train_generators
 
 SEED = 0
 
@@ -29,15 +30,11 @@ def _product(rt: Runtime, images: torch.Tensor, k: int, scope: str) -> None:
     train_generators(
         workload.bank(k, cfg),
         sur,
-        images,
-        torch.zeros(len(images), dtype=torch.long),
-        clusters,
+        ClusteredImages(images, torch.zeros(len(images), dtype=torch.long), clusters),
         cfg,
         BatchSizeConfig(per_device=workload.BATCH),
         workload.AUGMENT,
-        rt,
-        SEED,
-        Progress("none"),
+        TrainingRun(rt, seed=SEED, progress=Progress("none"), name="generators"),
     )
 
 

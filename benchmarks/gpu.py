@@ -27,7 +27,7 @@ from ue_sweep.config import ModelSpec, TrainerConfig
 from ue_sweep.models.classifiers import build_classifier
 from ue_sweep.runtime.distributed import runtime
 from ue_sweep.runtime.env import DistEnv
-from ue_sweep.uc.train_generators import uc_loss_grad
+from ue_sweep.uc.train_generators import UCObjective, uc_loss_grad
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets.
 BF16_PEAK = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
@@ -103,7 +103,7 @@ def _preemption_sync(device: torch.device) -> tuple[Row, dict]:
 
         def step(check: bool) -> None:
             noise = bank()
-            _, _, grad = uc_loss_grad(sur, x, ids, noise, targets, "all", 4096, rt)
+            _, _, grad = uc_loss_grad(sur, x, ids, noise, UCObjective(targets, "all", 4096), rt)
             optimizer.zero_grad(set_to_none=True)
             noise.backward(grad)
             optimizer.step()

@@ -35,12 +35,13 @@ from ue_sweep.runtime.distributed import Runtime
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.runtime.tracking import atomic_torch_save
 from ue_sweep.train.classifier import train_classifier
+from ue_sweep.train.run import LabelledData, TrainingRun
 from ue_sweep.uc.clustering import Clusters
 from ue_sweep.uc.features import extract_features
 from ue_sweep.uc.kmeans import fit_sharded
 from ue_sweep.uc.noise import apply_cluster_noise
 from ue_sweep.uc.shards import write_shards
-from ue_sweep.uc.train_generators import train_generators
+from ue_sweep.uc.train_generators import ClusteredImages, train_generators
 
 IMAGE = 16
 CHANNELS = 3
@@ -140,15 +141,11 @@ def _stages(rt: Runtime, n: int, out: Path) -> dict[str, Callable[[], object]]:
         train_generators(
             bank,
             surrogate,
-            images,
-            labels,
-            c,
+            ClusteredImages(images, labels, c),
             GENERATOR,
             BatchSizeConfig(per_device=64),
             AUGMENT,
-            rt,
-            seed=0,
-            progress=Progress("none"),
+            TrainingRun(rt, seed=0, progress=Progress("none"), name="generators"),
         )
 
     protected: dict[str, torch.Tensor] = {}
@@ -168,17 +165,10 @@ def _stages(rt: Runtime, n: int, out: Path) -> dict[str, Callable[[], object]]:
         "write shards": lambda: write_shards(out / "shards", protected["images"], labels, [], rt),
         "victim epoch": lambda: train_classifier(
             _classifier(32),
-            images,
-            labels,
-            test_images,
-            test_labels,
-            CLASSES,
+            LabelledData(images, labels, test_images, test_labels, CLASSES),
             VICTIM,
             AUGMENT,
-            rt,
-            seed=0,
-            progress=Progress("none"),
-            name="victim",
+            TrainingRun(rt, seed=0, progress=Progress("none"), name="victim"),
         ),
     }
 

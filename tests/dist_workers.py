@@ -27,9 +27,10 @@ from ue_sweep.runtime.distributed import runtime
 from ue_sweep.runtime.env import DistEnv, env_from_launcher
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.train.evaluate import evaluate
+from ue_sweep.train.run import LabelledData, TrainingRun
 from ue_sweep.uc.clustering import cluster_features
 from ue_sweep.uc.features import extract_features
-from ue_sweep.uc.train_generators import train_generators
+from ue_sweep.uc.train_generators import ClusteredImages, train_generators
 
 CPU = TrainerConfig(accelerator="cpu", timeout_s=60)
 
@@ -76,9 +77,7 @@ def train_bank(
         stats = train_generators(
             bank,
             surrogate,
-            images,
-            torch.zeros(len(images), dtype=torch.long),
-            clusters,
+            ClusteredImages(images, torch.zeros(len(images), dtype=torch.long), clusters),
             GeneratorConfig(
                 epochs=2,
                 lr=1e-2,
@@ -91,9 +90,7 @@ def train_bank(
             ),
             BatchSizeConfig(per_device=per_device),
             AugmentConfig(crop_padding=1, hflip=True),
-            rt,
-            seed=3,
-            progress=Progress("none"),
+            TrainingRun(rt, seed=3, progress=Progress("none"), name="generators"),
         )
         if rt.is_main:
             torch.save(
@@ -173,7 +170,7 @@ def sal_tables(env: DistEnv, out: str) -> None:
     """SAL of every layer of a tiny float64 CNN after two "epochs" (its initial weights and a
     perturbed copy), the pairs dealt over the ranks; one thread per rank, as on one rank."""
     from ue_sweep.evals.learnability.search import SearchSettings
-    from ue_sweep.evals.learnability.table import layer_names, sal_table
+    from ue_sweep.evals.learnability.table import SalRun, layer_names, sal_table
 
     with runtime(env, TrainerConfig(accelerator="cpu", timeout_s=60, threads=1)) as rt:
         torch.manual_seed(0)
@@ -194,7 +191,7 @@ def sal_tables(env: DistEnv, out: str) -> None:
             labels,
             layer_names(model),
             SearchSettings(eps=0.05, lr=0.1, steps=2, batch_size=8),
-            seed=7,
+            SalRun(seed=7),
         )
         if rt.is_main:
             torch.save(table, out)
@@ -215,18 +212,11 @@ def train_private(env: DistEnv, out: str, epsilon: float) -> None:
         ).double()
         result, privacy = train_private_classifier(
             model,
-            images,
-            labels,
-            images,
-            labels,
-            2,
+            LabelledData(images, labels, images, labels, 2),
             TrainingConfig(epochs=2, batch_size=10, lr=0.1, weight_decay=0.0, average_last=1),
             PrivacySpec(epsilon, delta=1e-3, max_grad_norm=0.5, physical_batch=4),
             AugmentConfig(crop_padding=1, hflip=True),
-            rt,
-            seed=3,
-            progress=Progress("none"),
-            name="dp",
+            TrainingRun(rt, seed=3, progress=Progress("none"), name="dp"),
         )
         if rt.is_main:
             torch.save(

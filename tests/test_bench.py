@@ -16,7 +16,8 @@ from benchmarks import workload
 from benchmarks.reference import split_bank, train_fused, train_sequential
 from ue_sweep.config import AugmentConfig, BatchSizeConfig
 from ue_sweep.runtime.progress import Progress
-from ue_sweep.uc.train_generators import train_generators
+from ue_sweep.train.run import TrainingRun
+from ue_sweep.uc.train_generators import ClusteredImages, train_generators
 
 AUGMENT = AugmentConfig(crop_padding=1, hflip=True)
 
@@ -36,15 +37,11 @@ def _product(rt, images, surrogate, clusters, cfg, bank):
     train_generators(
         bank,
         surrogate,
-        images,
-        torch.zeros(len(images), dtype=torch.long),
-        clusters,
+        ClusteredImages(images, torch.zeros(len(images), dtype=torch.long), clusters),
         cfg,
         BatchSizeConfig(per_device=8),
         AUGMENT,
-        rt,
-        seed=1,
-        progress=Progress("none"),
+        TrainingRun(rt, seed=1, progress=Progress("none"), name="generators"),
     )
     return bank().detach()
 

@@ -35,6 +35,7 @@ from ue_sweep.runtime.progress import Progress
 from ue_sweep.store.checkpoint import NO_CHECKPOINT, StageCheckpoint
 from ue_sweep.train.classifier import train_classifier
 from ue_sweep.train.recipes import VictimRecipe
+from ue_sweep.train.run import LabelledData, TrainingRun
 
 
 @pytest.fixture
@@ -433,18 +434,10 @@ def _train(rt, recipe, checkpoint=NO_CHECKPOINT, epochs=3):
     model = _small_model(torch.float32)
     result = train_classifier(
         model,
-        images,
-        labels,
-        images[:20],
-        labels[:20],
-        3,
+        LabelledData(images, labels, images[:20], labels[:20], 3),
         TrainingConfig(epochs=epochs, batch_size=16),
         AugmentConfig(1, True),
-        rt,
-        seed=1,
-        progress=Progress("none"),
-        name="victim",
-        checkpoint=checkpoint,
+        TrainingRun(rt, seed=1, progress=Progress("none"), name="victim", checkpoint=checkpoint),
         recipe=recipe,
     )
     return model, result

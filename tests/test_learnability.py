@@ -29,6 +29,7 @@ from ue_sweep.runtime.preemption import Preempted
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.store.checkpoint import NO_CHECKPOINT, StageCheckpoint
 from ue_sweep.train.classifier import train_classifier
+from ue_sweep.train.run import LabelledData, TrainingRun
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -144,18 +145,10 @@ def _train(rt, epochs, checkpoint=NO_CHECKPOINT):
     model = build_classifier(ModelSpec(width=4), in_channels=1, num_classes=4, image_size=8)
     result = train_classifier(
         model,
-        images,
-        labels,
-        images,
-        labels,
-        4,
+        LabelledData(images, labels, images, labels, 4),
         TrainingConfig(epochs=3, batch_size=5),
         AugmentConfig(crop_padding=1),
-        rt,
-        seed=1,
-        progress=Progress("none"),
-        name="victim",
-        checkpoint=checkpoint,
+        TrainingRun(rt, seed=1, progress=Progress("none"), name="victim", checkpoint=checkpoint),
         snapshot_epochs=epochs,
     )
     return model.state_dict(), result

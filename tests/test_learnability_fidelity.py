@@ -17,11 +17,12 @@ from tests.conftest import SMOKE, run_cli
 from ue_sweep.config import AugmentConfig, ModelSpec, TrainingConfig
 from ue_sweep.data.batches import Augmenter
 from ue_sweep.evals.learnability.search import SearchSettings
-from ue_sweep.evals.learnability.table import sal_table
+from ue_sweep.evals.learnability.table import SalRun, sal_table
 from ue_sweep.models.classifiers import build_classifier
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.runtime.seeding import derive_seed, generator
 from ue_sweep.train.classifier import train_classifier
+from ue_sweep.train.run import LabelledData, TrainingRun
 
 AUGMENT = AugmentConfig(crop_padding=1)
 SETTINGS = SearchSettings(eps=0.05, lr=0.1, steps=2, batch_size=7)
@@ -37,17 +38,10 @@ def _victim(rt):
     model = build_classifier(ModelSpec(width=4), in_channels=1, num_classes=3, image_size=8)
     result = train_classifier(
         model,
-        images,
-        labels,
-        images,
-        labels,
-        3,
+        LabelledData(images, labels, images, labels, 3),
         TrainingConfig(epochs=2, batch_size=6),
         AUGMENT,
-        rt,
-        seed=1,
-        progress=Progress("none"),
-        name="victim",
+        TrainingRun(rt, seed=1, progress=Progress("none"), name="victim"),
         snapshot_epochs=(0, 1),
     )
     return model.double(), result, images.double() / 255, labels
@@ -106,9 +100,7 @@ def test_running_l0_and_augmented_search_match_a_direct_recomputation(rt):
         y,
         LAYERS,
         SETTINGS,
-        SEED,
-        running_l0=running,
-        augment=AUGMENT,
+        SalRun(SEED, running_l0=running, augment=AUGMENT),
     )
     assert table["l0"] == [running[0], running[1]], "L0 is the epoch's running training loss"
     model.eval()
@@ -120,7 +112,7 @@ def test_running_l0_and_augmented_search_match_a_direct_recomputation(rt):
             s_max, s_min = _reference(model, result.snapshots[e], layer, e, x, y, running[e])
             assert table["s_max"][layer][e] == pytest.approx(s_max, rel=1e-9, abs=1e-12)
             assert table["s_min"][layer][e] == pytest.approx(s_min, rel=1e-9, abs=1e-12)
-    plain = sal_table(rt, model, result.snapshots, x, y, LAYERS, SETTINGS, SEED, running)
+    plain = sal_table(rt, model, result.snapshots, x, y, LAYERS, SETTINGS, SalRun(SEED, running))
     assert plain["s_max"] != table["s_max"], "augmented draws change the search"
 
 

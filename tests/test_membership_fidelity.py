@@ -118,7 +118,8 @@ def test_each_target_gets_shadows_trained_like_it_or_a_lower_bound(tmp_path):
 
 def test_a_defended_target_gets_shadows_with_its_recipe_and_a_dp_target_a_lower_bound():
     from ue_sweep.evals.context import TrainedVictim
-    from ue_sweep.evals.membership.evaluation import MembershipConfig, _shadow_set
+    from ue_sweep.evals.membership.config import MembershipConfig
+    from ue_sweep.evals.membership.shadow_sets import shadow_set
     from ue_sweep.evals.membership.shadows import ShadowPlan
     from ue_sweep.store.artifacts import StageKey
 
@@ -139,17 +140,17 @@ def test_a_defended_target_gets_shadows_with_its_recipe_and_a_dp_target_a_lower_
         )
 
     cfg = MembershipConfig()
-    jpeg = _shadow_set(cfg, plan, None, victim({"method": "jpeg", "quality": 10}), "clean")
+    jpeg = shadow_set(cfg, plan, None, victim({"method": "jpeg", "quality": 10}), "clean")
     assert jpeg.tag.startswith("clean-") and jpeg.matched
     assert jpeg.recipe is recipe and jpeg.recipe_key == {"method": "jpeg", "quality": 10}
     assert jpeg.pool_images is plan.pool_images
-    other = _shadow_set(cfg, plan, None, victim({"method": "jpeg", "quality": 50}), "clean")
+    other = shadow_set(cfg, plan, None, victim({"method": "jpeg", "quality": 50}), "clean")
     assert other.tag != jpeg.tag, "one set per recipe"
-    plain = _shadow_set(cfg, plan, None, victim(), "clean")
+    plain = shadow_set(cfg, plan, None, victim(), "clean")
     assert plain.tag == "" and plain.matched and plain.recipe is None
-    dp = _shadow_set(cfg, plan, None, victim({"method": "dp-sgd"}, dp_safe=True), "clean")
+    dp = shadow_set(cfg, plan, None, victim({"method": "dp-sgd"}, dp_safe=True), "clean")
     assert not dp.matched and dp.record(2)["bound"] == "lower bound"
-    unknown = _shadow_set(cfg, plan, None, victim(), None)
+    unknown = shadow_set(cfg, plan, None, victim(), None)
     assert not unknown.matched
-    off = _shadow_set(MembershipConfig(shadow_match=False), plan, None, victim({"m": 1}), "clean")
+    off = shadow_set(MembershipConfig(shadow_match=False), plan, None, victim({"m": 1}), "clean")
     assert not off.matched and off.tag == "" and off.recipe is None

@@ -32,6 +32,7 @@ from ue_sweep.runtime.distributed import spawn
 from ue_sweep.runtime.env import DistEnv
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.train.evaluate import EvalResult
+from ue_sweep.train.run import LabelledData, TrainingRun
 
 # ------------------------------------------------------------------------------------------
 # Imbalance
@@ -219,18 +220,11 @@ def _train(epsilon: float, accountant: str = "prv", physical_batch: int = 256, d
         model = model.to(dtype)
         result, privacy = train_private_classifier(
             model,
-            images,
-            labels,
-            images,
-            labels,
-            3,
+            LabelledData(images, labels, images, labels, 3),
             TrainingConfig(epochs=2, batch_size=8, lr=0.1, average_last=1),
             PrivacySpec(epsilon, 1e-3, 1.0, accountant, physical_batch),
             AugmentConfig(crop_padding=1, hflip=False),
-            rt,
-            seed=5,
-            progress=Progress("none"),
-            name="dp",
+            TrainingRun(rt, seed=5, progress=Progress("none"), name="dp"),
         )
     return model, result, privacy
 

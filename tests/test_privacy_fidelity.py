@@ -34,6 +34,7 @@ from ue_sweep.runtime.distributed import runtime
 from ue_sweep.runtime.env import DistEnv
 from ue_sweep.runtime.progress import Progress
 from ue_sweep.runtime.seeding import generator
+from ue_sweep.train.run import LabelledData, TrainingRun
 
 N, CLASSES, SEED = 36, 3, 5
 RECIPE = TrainingConfig(epochs=1, batch_size=8, lr=0.1, average_last=1)
@@ -57,18 +58,11 @@ def _run(spec: PrivacySpec) -> tuple[torch.nn.Module, dict]:
     with runtime(DistEnv(), TrainerConfig(accelerator="cpu", threads=1)) as rt:
         _, privacy = train_private_classifier(
             model,
-            images,
-            labels,
-            images,
-            labels,
-            CLASSES,
+            LabelledData(images, labels, images, labels, CLASSES),
             RECIPE,
             spec,
             AUGMENT,
-            rt,
-            seed=SEED,
-            progress=Progress("none"),
-            name="dp",
+            TrainingRun(rt, seed=SEED, progress=Progress("none"), name="dp"),
         )
     return model, privacy
 
@@ -242,18 +236,11 @@ def test_a_public_start_copies_the_surrogate_and_dp_sgd_leaves_frozen_layers_alo
     with runtime(DistEnv(), TrainerConfig(accelerator="cpu", threads=1)) as rt:
         train_private_classifier(
             model,
-            images,
-            labels,
-            images,
-            labels,
-            CLASSES,
+            LabelledData(images, labels, images, labels, CLASSES),
             RECIPE,
             PrivacySpec(math.inf, 1e-3, 1.0, "rdp", noise_multiplier=1.0),
             AUGMENT,
-            rt,
-            seed=SEED,
-            progress=Progress("none"),
-            name="dp",
+            TrainingRun(rt, seed=SEED, progress=Progress("none"), name="dp"),
         )
     after = model.state_dict()
     for name in ("body.0.weight", "body.1.weight", "body.1.bias", "body.3.weight"):

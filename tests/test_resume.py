@@ -37,8 +37,9 @@ from ue_sweep.store.checkpoint import (
 )
 from ue_sweep.store.sweep import PlannedJob
 from ue_sweep.train.classifier import train_classifier
+from ue_sweep.train.run import LabelledData, TrainingRun
 from ue_sweep.uc.clustering import Clusters
-from ue_sweep.uc.train_generators import train_generators
+from ue_sweep.uc.train_generators import ClusteredImages, train_generators
 
 
 def test_fingerprint_follows_what_a_job_computes():
@@ -151,18 +152,10 @@ def _train_victim(rt, checkpoint) -> tuple[torch.nn.Module, dict]:
     model = build_classifier(ModelSpec(width=4), in_channels=1, num_classes=3, image_size=8)
     result = train_classifier(
         model,
-        images,
-        labels,
-        images[:20],
-        labels[:20],
-        3,
+        LabelledData(images, labels, images[:20], labels[:20], 3),
         TrainingConfig(epochs=3, batch_size=16),
         AugmentConfig(1, True),
-        rt,
-        seed=1,
-        progress=Progress("none"),
-        name="victim",
-        checkpoint=checkpoint,
+        TrainingRun(rt, seed=1, progress=Progress("none"), name="victim", checkpoint=checkpoint),
     )
     return model, result.as_dict()
 
@@ -211,16 +204,13 @@ def _train_bank(rt, checkpoint, kind: str = "bank") -> GeneratorBank | DirectNoi
     train_generators(
         bank,
         surrogate,
-        images,
-        torch.zeros(len(images), dtype=torch.long),
-        clusters,
+        ClusteredImages(images, torch.zeros(len(images), dtype=torch.long), clusters),
         GeneratorConfig(epochs=3, lr=1e-2, eps=0.3, kind=kind, output=bank.output),
         BatchSizeConfig(per_device=16),
         AugmentConfig(1, True),
-        rt,
-        seed=2,
-        progress=Progress("none"),
-        checkpoint=checkpoint,
+        TrainingRun(
+            rt, seed=2, progress=Progress("none"), name="generators", checkpoint=checkpoint
+        ),
     )
     return bank
 

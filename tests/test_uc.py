@@ -18,11 +18,17 @@ from ue_sweep.data.batches import Augmenter
 from ue_sweep.models.classifiers import build_classifier
 from ue_sweep.models.generators import GeneratorBank
 from ue_sweep.runtime.progress import Progress
+from ue_sweep.train.run import TrainingRun
 from ue_sweep.uc.clustering import Clusters, assign_targets, cluster_features
 from ue_sweep.uc.controls import control_noises, energy_matched, rms, uniform_noise
 from ue_sweep.uc.monitor import NoiseMonitor
 from ue_sweep.uc.noise import apply_cluster_noise
-from ue_sweep.uc.train_generators import train_generators, uc_loss_grad
+from ue_sweep.uc.train_generators import (
+    ClusteredImages,
+    UCObjective,
+    train_generators,
+    uc_loss_grad,
+)
 
 
 def test_cyclic_targets_shift_by_the_offset():
@@ -69,7 +75,12 @@ def test_scope_all_sums_every_generators_batch_mean_kl(surrogate, rt, chunk):
     noise = (torch.rand(k, 1, 8, 8) - 0.5) * 0.2
     target_probs = torch.randn(k, surrogate.feature_dim).softmax(-1)
     kl, counts, grad = uc_loss_grad(
-        surrogate, images, torch.zeros(b, dtype=torch.long), noise, target_probs, "all", chunk, rt
+        surrogate,
+        images,
+        torch.zeros(b, dtype=torch.long),
+        noise,
+        UCObjective(target_probs, "all", chunk),
+        rt,
     )
     leaf = noise.clone().requires_grad_(True)
     pairs = [(g, i) for g in range(k) for i in range(b)]
@@ -89,7 +100,7 @@ def test_scope_cluster_uses_each_images_own_generator(surrogate, rt, chunk):
     noise = (torch.rand(k, 1, 8, 8) - 0.5) * 0.2
     target_probs = torch.randn(k, surrogate.feature_dim).softmax(-1)
     kl, counts, grad = uc_loss_grad(
-        surrogate, images, ids, noise, target_probs, "cluster", chunk, rt
+        surrogate, images, ids, noise, UCObjective(target_probs, "cluster", chunk), rt
     )
     leaf = noise.clone().requires_grad_(True)
     per_item = _reference_loss(
@@ -115,7 +126,14 @@ def test_noise_before_augmentation_moves_with_the_image(surrogate, rt, scope):
     augment.set_epoch(0)
     indices = torch.arange(b)
     *_, grad = uc_loss_grad(
-        surrogate, images, ids, noise, target_probs, scope, 3, rt, indices=indices, augment=augment
+        surrogate,
+        images,
+        ids,
+        noise,
+        UCObjective(target_probs, scope, 3),
+        rt,
+        indices=indices,
+        augment=augment,
     )
     leaf = noise.clone().requires_grad_(True)
     pairs = (
@@ -169,15 +187,11 @@ def test_one_fused_step_per_batch_trains_every_generator(surrogate, rt):
     stats = train_generators(
         bank,
         surrogate,
-        images,
-        torch.zeros(n, dtype=torch.long),
-        clusters,
+        ClusteredImages(images, torch.zeros(n, dtype=torch.long), clusters),
         cfg,
         BatchSizeConfig(per_device=8),
         AugmentConfig(0, False),
-        rt,
-        seed=0,
-        progress=Progress("none"),
+        TrainingRun(rt, seed=0, progress=Progress("none"), name="generators"),
     )
     assert stats.steps_per_epoch == 3
     assert stats.global_batch == 8

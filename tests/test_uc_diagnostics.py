@@ -12,6 +12,7 @@ from ue_sweep.data.splits import ImageSplits
 from ue_sweep.models.classifiers import build_classifier
 from ue_sweep.models.direct import DirectNoise
 from ue_sweep.runtime.progress import Progress
+from ue_sweep.train.run import TrainingRun
 from ue_sweep.uc.clustering import Clusters
 from ue_sweep.uc.diagnostics import (
     GradientCoverage,
@@ -25,7 +26,12 @@ from ue_sweep.uc.diagnostics import (
 from ue_sweep.uc.diagnostics_table import diagnostics_markdown
 from ue_sweep.uc.features import extract_features
 from ue_sweep.uc.surrogate_fit import fit_classes, fit_task, rotated
-from ue_sweep.uc.train_generators import train_generators, uc_loss_grad
+from ue_sweep.uc.train_generators import (
+    ClusteredImages,
+    UCObjective,
+    train_generators,
+    uc_loss_grad,
+)
 
 from .dist_workers import calibrated_surrogate, separable_images
 
@@ -116,7 +122,7 @@ def test_temperature_divides_the_features_before_the_softmax(rt):
     noise = torch.rand(2, 1, 8, 8) * 0.1
     targets = torch.softmax(torch.randn(2, surrogate.feature_dim), -1)
     kl, _, _ = uc_loss_grad(
-        surrogate, images, ids, noise, targets, "cluster", 64, rt, temperature=0.5
+        surrogate, images, ids, noise, UCObjective(targets, "cluster", 64, temperature=0.5), rt
     )
     _, feats = surrogate((images + noise[ids]).clamp(0, 1))
     expected = torch.nn.functional.kl_div(
@@ -141,15 +147,11 @@ def test_direct_patterns_train_and_record_their_gradient_share(rt):
     stats = train_generators(
         direct,
         surrogate,
-        images,
-        torch.zeros(n, dtype=torch.long),
-        clusters,
+        ClusteredImages(images, torch.zeros(n, dtype=torch.long), clusters),
         GeneratorConfig(kind="direct", output="tanh", epochs=3, lr=0.1, eps=0.3, scope="cluster"),
         BatchSizeConfig(per_device=8),
         AugmentConfig(0, False),
-        rt,
-        seed=0,
-        progress=Progress("none"),
+        TrainingRun(rt, seed=0, progress=Progress("none"), name="generators"),
     )
     assert stats.loss_history[-1] < stats.loss_history[0]
     # eps * tanh passes a gradient everywhere; only pixels clipped to [0, 1] in every image

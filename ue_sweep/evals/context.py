@@ -21,6 +21,7 @@ from ue_sweep.store.checkpoint import JobCheckpoints
 from ue_sweep.store.keys import content_digest, snapshots_key, victim_key
 from ue_sweep.train.classifier import train_classifier
 from ue_sweep.train.recipes import VictimRecipe
+from ue_sweep.train.run import LabelledData, TrainingRun
 from ue_sweep.uc.protection import Protection
 
 
@@ -148,34 +149,11 @@ class EvalContext:
         names the victim's own initial weights and data order (shadow models differ by them);
         None: the same for every victim, so that only the images differ.
         """
-        cfg, rt, data = self.cfg, self.rt, self.data
         key = self.victim_key(images, recipe_key, labels, variant)
         stage = f"victim-{label}"
-        streams = () if variant is None else (variant,)
 
         def train(snapshot_epochs: tuple[int, ...] = ()) -> dict[str, Any]:
-            torch.manual_seed(derive_seed(cfg.seed, "victim-init", *streams))
-            model = self.new_victim_model()
-            result = train_classifier(
-                model,
-                images,
-                data.train_labels if labels is None else labels,
-                data.test_images,
-                data.test_labels,
-                data.num_classes,
-                cfg.victim,
-                cfg.dataset.augment,
-                rt,
-                seed=derive_seed(cfg.seed, "victim-data", *streams),
-                progress=self.progress,
-                name=f"victim ({label})",
-                placement=self.placement,
-                checkpoint=self.checkpoints.stage(stage),
-                recipe=recipe,
-                snapshot_epochs=snapshot_epochs,
-            )
-            out = {"result": result.as_dict(), "state": model.state_dict()}
-            return out | ({"snapshots": result.snapshots} if snapshot_epochs else {})
+            return self._train_new_victim(label, images, labels, recipe, variant, snapshot_epochs)
 
         epochs = self.snapshot_epochs()
         snapshots: dict[str, Any] = {}
@@ -208,6 +186,46 @@ class EvalContext:
             snapshot_source=source,
         )
         return outcome["result"]
+
+    def _train_new_victim(
+        self,
+        label: str,
+        images: torch.Tensor,
+        labels: torch.Tensor | None,
+        recipe: VictimRecipe | None,
+        variant: str | None,
+        snapshot_epochs: tuple[int, ...],
+    ) -> dict[str, Any]:
+        """:meth:`train_victim`'s stage: a fresh model (seeded init) trained on ``images``; its
+        result, final state and the snapshots asked for."""
+        cfg, data = self.cfg, self.data
+        streams = () if variant is None else (variant,)
+        torch.manual_seed(derive_seed(cfg.seed, "victim-init", *streams))
+        model = self.new_victim_model()
+        result = train_classifier(
+            model,
+            LabelledData(
+                images,
+                data.train_labels if labels is None else labels,
+                data.test_images,
+                data.test_labels,
+                data.num_classes,
+            ),
+            cfg.victim,
+            cfg.dataset.augment,
+            TrainingRun(
+                self.rt,
+                seed=derive_seed(cfg.seed, "victim-data", *streams),
+                progress=self.progress,
+                name=f"victim ({label})",
+                placement=self.placement,
+                checkpoint=self.checkpoints.stage(f"victim-{label}"),
+            ),
+            recipe=recipe,
+            snapshot_epochs=snapshot_epochs,
+        )
+        out = {"result": result.as_dict(), "state": model.state_dict()}
+        return out | ({"snapshots": result.snapshots} if snapshot_epochs else {})
 
     def _snapshot_source(
         self, label: str, stage: str, victim: dict[str, Any], snapshots: dict[str, Any]

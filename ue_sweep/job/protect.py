@@ -19,13 +19,14 @@ from ue_sweep.runtime.seeding import derive_seed
 from ue_sweep.runtime.tracking import atomic_torch_save
 from ue_sweep.store.artifacts import StageKey
 from ue_sweep.store.keys import clusters_key, generators_key, surrogate_key
+from ue_sweep.train.run import TrainingRun
 from ue_sweep.uc.clustering import Clusters, cluster_features, nearest_centers, use_sharded
 from ue_sweep.uc.diagnostics import job_diagnostics
 from ue_sweep.uc.features import extract_features
 from ue_sweep.uc.noise import apply_cluster_noise
 from ue_sweep.uc.protection import Protection
 from ue_sweep.uc.surrogate import build_surrogate, loss_model
-from ue_sweep.uc.train_generators import GeneratorStats, train_generators
+from ue_sweep.uc.train_generators import ClusteredImages, GeneratorStats, train_generators
 
 SURROGATE_FILE = "surrogate.pt"
 FEATURE_BATCH = 512
@@ -94,17 +95,18 @@ def _generators(
         stats = train_generators(
             bank,
             surrogate,
-            data.train_images,
-            data.train_labels,
-            clusters,
+            ClusteredImages(data.train_images, data.train_labels, clusters),
             cfg.generator,
             cfg.batch_size,
             cfg.dataset.augment,
-            rt,
-            seed=derive_seed(cfg.seed, "generator-data"),
-            progress=run.progress,
-            placement=run.placement,
-            checkpoint=run.checkpoints.stage("generators"),
+            TrainingRun(
+                rt,
+                seed=derive_seed(cfg.seed, "generator-data"),
+                progress=run.progress,
+                name="generators",
+                placement=run.placement,
+                checkpoint=run.checkpoints.stage("generators"),
+            ),
             loss_model=loss_model(cfg, data, rt),
         )
         return {"bank": bank.state_dict(), "stats": stats.as_dict()}

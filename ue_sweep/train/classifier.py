@@ -11,15 +11,14 @@ from typing import Any
 import torch
 
 from ue_sweep.config import AugmentConfig, TrainingConfig
-from ue_sweep.data.batches import Batch, batch_source
-from ue_sweep.data.placement import ON_DEVICE, Placement
+from ue_sweep.data.batches import Batch, TensorStream, batch_source
 from ue_sweep.models.classifiers import FeatureClassifier
 from ue_sweep.runtime.distributed import Runtime
-from ue_sweep.runtime.progress import Progress
-from ue_sweep.store.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
+from ue_sweep.store.checkpoint import Resumable, StageCheckpoint
 from ue_sweep.train.evaluate import EvalResult, class_counts, evaluate
 from ue_sweep.train.loop import EpochClose, EpochLoop
 from ue_sweep.train.recipes import VictimRecipe
+from ue_sweep.train.run import LabelledData, TrainingRun, sgd_cosine
 
 EVAL_BATCH = 512
 # Per-device batches below this get batch norm over all ranks by default (`sync_batchnorm: null`).
@@ -168,107 +167,161 @@ def uses_sync_batchnorm(cfg: TrainingConfig, per_device: int, rt: Runtime) -> bo
     return rt.device.type == "cuda" and rt.world_size > 1 and per_device < SYNC_BN_BELOW
 
 
+@dataclass
+class EpochTester:
+    """Tests a classifier after the epochs :func:`evaluation_due` names; keeps the last result
+    (the victim's, the surrogate's and the DP victim's test side, one code path)."""
+
+    model: FeatureClassifier
+    data: LabelledData
+    cfg: TrainingConfig
+    rt: Runtime
+    test: EvalResult | None = None
+
+    def __post_init__(self) -> None:
+        self.train_counts = class_counts(self.data.train_labels, self.data.num_classes)
+
+    def evaluate(self) -> EvalResult:
+        data = self.data
+        return evaluate(
+            self.model,
+            data.test_images,
+            data.test_labels,
+            data.num_classes,
+            EVAL_BATCH,
+            self.rt,
+            self.train_counts,
+        )
+
+    def close(
+        self, epoch: int, totals: torch.Tensor, started: float, lr: float, average: bool
+    ) -> EpochRecord:
+        """Epoch ``epoch``'s record, tested when due; ``average``: the BN buffers are averaged
+        over ranks first (DDP broadcast rank 0's before the last step, which then moved each
+        rank's own)."""
+        evaluated = evaluation_due(self.cfg, epoch)
+        if evaluated:
+            if average:
+                self.rt.average_buffers(self.model)
+            self.test = self.evaluate()
+        return EpochRecord.close(
+            epoch, totals.tolist(), self.test if evaluated else None, lr, started
+        )
+
+    def final(self) -> EvalResult:
+        """The last epoch's test, or a fresh one when resumed after the last epoch had finished."""
+        return self.evaluate() if self.test is None else self.test
+
+
+@dataclass
+class _VictimEpochs:
+    """The batches, step and close of :func:`train_classifier`'s epoch loop."""
+
+    ddp: torch.nn.Module
+    recipe: VictimRecipe
+    stream: TensorStream
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    tester: EpochTester
+    snapshots: Snapshots
+    #: the training images as the recipe prepared them
+    train_images: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.lr: float = self.optimizer.param_groups[0]["lr"]
+
+    def batches(self, epoch: int, first_step: int) -> Iterable[Batch]:
+        model, rt = self.tester.model, self.tester.rt
+        model.train()
+        labels = self.tester.data.train_labels
+        self.recipe.begin_epoch(epoch, model, self.train_images, labels, rt, select=first_step == 0)
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        return self.stream.epoch(epoch, first_step)
+
+    def step(self, batch: Batch, sums: torch.Tensor) -> None:
+        rt = self.tester.rt
+        loss, logits = self.recipe.loss(self.ddp, batch, rt)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        sums += step_sums(loss, logits, batch.labels, rt.device)
+
+    def close(self, epoch: int, totals: torch.Tensor, started: float) -> EpochClose:
+        self.recipe.end_epoch(epoch, self.tester.rt)
+        record = self.tester.close(epoch, totals, started, self.lr, average=True)
+        evaluated = evaluation_due(self.tester.cfg, epoch)
+        self.snapshots.take(epoch, self.tester.model, self.tester.rt, averaged=evaluated)
+        return EpochClose(asdict(record), record.shown())
+
+
+def _victim_resumable(
+    checkpoint: StageCheckpoint,
+    model: FeatureClassifier,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    recipe: VictimRecipe,
+    snapshots: Snapshots,
+) -> Resumable:
+    """What a victim's checkpoint holds; the snapshots only when asked for, so checkpoints of
+    plain victims keep their layout."""
+    return Resumable(
+        checkpoint,
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        recipe=recipe,
+        **({"snapshots": snapshots} if snapshots.epochs else {}),
+    )
+
+
 def train_classifier(
     model: FeatureClassifier,
-    train_images: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_images: torch.Tensor,
-    test_labels: torch.Tensor,
-    num_classes: int,
+    data: LabelledData,
     cfg: TrainingConfig,
     augment: AugmentConfig,
-    rt: Runtime,
-    seed: int,
-    progress: Progress,
-    name: str,
-    checkpoint: StageCheckpoint = NO_CHECKPOINT,
-    placement: Placement = ON_DEVICE,
+    run: TrainingRun,
     recipe: VictimRecipe | None = None,
     snapshot_epochs: Collection[int] = (),
 ) -> TrainResult:
-    """Train ``model`` in place on uint8 images kept per ``placement``; evaluate on the test set.
+    """Train ``model`` in place on uint8 images kept per ``run.placement``; evaluate on the test
+    set.
 
     ``recipe`` is how the victim trains (a defense); None is plain ERM. Resumes from
-    ``checkpoint`` when it holds a state (the recipe's included), saves one after every epoch,
-    and stops at a checkpoint when preemption is requested. The weights after each epoch of
-    ``snapshot_epochs`` (0-based) come back in :attr:`TrainResult.snapshots`.
+    ``run.checkpoint`` when it holds a state (the recipe's included), saves one after every
+    epoch, and stops at a checkpoint when preemption is requested. The weights after each epoch
+    of ``snapshot_epochs`` (0-based) come back in :attr:`TrainResult.snapshots`.
     """
+    rt = run.rt
     defended = recipe is not None
     recipe = recipe if defended else VictimRecipe()
-    train_images = recipe.prepare(train_images, train_labels)
-    train_counts = class_counts(train_labels, num_classes)
+    train_images = recipe.prepare(data.train_images, data.train_labels)
     per_device = max(1, cfg.batch_size // rt.world_size)
     stream = batch_source(
         train_images,
-        train_labels,
+        data.train_labels,
         per_device,
         rt,
-        seed,
+        run.seed,
         augment=augment,
-        placement=placement,
+        placement=run.placement,
         drop_last=True,
     )
     sync_bn = uses_sync_batchnorm(cfg, per_device, rt)
     if sync_bn:  # replaces the BatchNorm children in place: the caller's model is converted
         torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp = rt.wrap(model)
-    optimizer = torch.optim.SGD(
-        ddp.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=cfg.epochs * len(stream), eta_min=cfg.min_lr
-    )
+    optimizer, schedule = sgd_cosine(ddp.parameters(), cfg, cfg.epochs * len(stream))
     snapshots = Snapshots(snapshot_epochs)
-    resumable = Resumable(
-        checkpoint,
-        model=model,
-        optimizer=optimizer,
-        schedule=schedule,
-        recipe=recipe,
-        # only when asked for: checkpoints of plain victims keep their layout
-        **({"snapshots": snapshots} if snapshots.epochs else {}),
-    )
+    resumable = _victim_resumable(run.checkpoint, model, optimizer, schedule, recipe, snapshots)
     # running sums: [sum of per-sample losses, correct, samples] of the epoch on this rank
-    epochs = EpochLoop(resumable, rt, progress, name, cfg.epochs, len(stream), num_sums=3)
+    epochs = EpochLoop(resumable, rt, run.progress, run.name, cfg.epochs, len(stream), num_sums=3)
     loop = epochs.start()
-    lr = optimizer.param_groups[0]["lr"]
-    test: EvalResult | None = None
-
-    def batches(epoch: int, first_step: int) -> Iterable[Batch]:
-        nonlocal lr
-        model.train()
-        recipe.begin_epoch(epoch, model, train_images, train_labels, rt, select=first_step == 0)
-        lr = optimizer.param_groups[0]["lr"]
-        return stream.epoch(epoch, first_step)
-
-    def step(batch: Batch, sums: torch.Tensor) -> None:
-        loss, logits = recipe.loss(ddp, batch, rt)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        sums += step_sums(loss, logits, batch.labels, rt.device)
-
-    def close(epoch: int, totals: torch.Tensor, started: float) -> EpochClose:
-        nonlocal test
-        recipe.end_epoch(epoch, rt)
-        evaluated = evaluation_due(cfg, epoch)
-        if evaluated:
-            # DDP broadcast rank 0's BN statistics before the last step, which then moved
-            # each rank's own: evaluate every rank with their average.
-            rt.average_buffers(model)
-            test = evaluate(
-                model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts
-            )
-        record = EpochRecord.close(epoch, totals.tolist(), test if evaluated else None, lr, started)
-        snapshots.take(epoch, model, rt, averaged=evaluated)
-        return EpochClose(asdict(record), record.shown())
-
-    epochs.run(loop, batches, step, close)
-    if test is None:  # resumed after the last epoch had finished
-        test = evaluate(model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts)
+    tester = EpochTester(model, data, cfg, rt)
+    steps = _VictimEpochs(ddp, recipe, stream, optimizer, schedule, tester, snapshots, train_images)
+    epochs.run(loop, steps.batches, steps.step, steps.close)
     return TrainResult(
-        test=test,
+        test=tester.final(),
         per_device_batch=per_device,
         global_batch=per_device * rt.world_size,
         steps_per_epoch=len(stream),

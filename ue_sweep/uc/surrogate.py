@@ -19,6 +19,7 @@ from ue_sweep.runtime.seeding import derive_seed
 from ue_sweep.store.artifacts import StageKey, Stages
 from ue_sweep.store.checkpoint import NO_CHECKPOINTS, JobCheckpoints
 from ue_sweep.train.classifier import train_classifier
+from ue_sweep.train.run import LabelledData, TrainingRun
 from ue_sweep.uc.surrogate_fit import fit_classes, fit_task
 
 
@@ -102,19 +103,23 @@ def _fit(
     task = fit_task(cfg.surrogate.fit_on, data)
     result = train_classifier(
         model,
-        task.train_images,
-        task.train_labels,
-        task.test_images,
-        task.test_labels,
-        task.num_classes,
+        LabelledData(
+            task.train_images,
+            task.train_labels,
+            task.test_images,
+            task.test_labels,
+            task.num_classes,
+        ),
         cfg.surrogate.fit,
         cfg.dataset.augment,
-        rt,
-        seed=derive_seed(cfg.seed, "surrogate-fit"),
-        progress=progress,
-        name="surrogate fit",
-        placement=placement,
-        checkpoint=checkpoints.stage("surrogate"),
+        TrainingRun(
+            rt,
+            seed=derive_seed(cfg.seed, "surrogate-fit"),
+            progress=progress,
+            name="surrogate fit",
+            placement=placement,
+            checkpoint=checkpoints.stage("surrogate"),
+        ),
     )
     fit = {
         "fit_on": cfg.surrogate.fit_on,

@@ -29,7 +29,7 @@ from ue_sweep.evals.context import EvalContext, TrainedVictim
 from ue_sweep.evals.learnability import heatmap, metrics
 from ue_sweep.evals.learnability.config import LearnabilityConfig, snapshot_epochs
 from ue_sweep.evals.learnability.search import SearchSettings
-from ue_sweep.evals.learnability.table import layer_names, sal_table, subset
+from ue_sweep.evals.learnability.table import SalRun, layer_names, sal_table, subset
 from ue_sweep.report.media import save_png
 from ue_sweep.store.artifacts import StageKey
 from ue_sweep.store.keys import snapshots_key
@@ -141,13 +141,15 @@ def _table(
             ctx.data.train_labels[rows.to(ctx.data.train_labels.device)].to(ctx.rt.device),
             layers,
             settings,
-            ctx.cfg.seed,
-            running_l0={e: history[e]["train_loss"] for e in epochs}
-            if lc.l0 == "running"
-            else None,
-            progress=ctx.progress,
-            name=f"learnability ({label})",
-            augment=ctx.cfg.dataset.augment if lc.search_data == "augmented" else None,
+            SalRun(
+                ctx.cfg.seed,
+                running_l0={e: history[e]["train_loss"] for e in epochs}
+                if lc.l0 == "running"
+                else None,
+                progress=ctx.progress,
+                name=f"learnability ({label})",
+                augment=ctx.cfg.dataset.augment if lc.search_data == "augmented" else None,
+            ),
         )
 
     return ctx.stages.run(f"learnability-{label}", key, compute)

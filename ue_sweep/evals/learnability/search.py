@@ -115,25 +115,33 @@ def mean_loss(
     return total / len(images)
 
 
+@dataclass(frozen=True)
+class _Samples:
+    """What a search pass sees: the images, their labels and the views that augment them."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    views: Views = _plain
+
+
 def _sgd_pass(
     loss: BatchLoss,
     weight: torch.Tensor,
     theta: torch.Tensor,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    samples: _Samples,
     settings: SearchSettings,
     direction: float,
     generator: torch.Generator,
-    views: Views = _plain,
     draw: int = 0,
 ) -> torch.Tensor:
     """One shuffled pass of plain SGD on ``direction * loss`` (-1 descends, +1 ascends), in
     batches of nearly equal size (no sample dropped, no tiny last batch)."""
+    images, labels = samples.images, samples.labels
     n = len(images)
     order = torch.randperm(n, generator=generator).to(images.device)
     for rows in torch.tensor_split(order, max(1, math.ceil(n / settings.batch_size))):
         w = weight.detach().requires_grad_(True)
-        x = views(images[rows], rows.cpu(), draw)
+        x = samples.views(images[rows], rows.cpu(), draw)
         (grad,) = torch.autograd.grad(loss(w, x, labels[rows]), w)
         weight = (w + direction * settings.lr * grad).detach()
         if settings.projection == "step":
@@ -161,12 +169,11 @@ def search(
     min_loss = max_loss = l0
     ratio_min = ratio_max = 0.0
     batch = settings.eval_batch
+    samples = _Samples(images, labels, views)
     for step in range(settings.steps):
         draw = 1 + 4 * step  # descent pass, ascent pass, their two evaluations
-        low = _sgd_pass(loss, low, theta, images, labels, settings, -1.0, generator, views, draw)
-        high = _sgd_pass(
-            loss, high, theta, images, labels, settings, 1.0, generator, views, draw + 1
-        )
+        low = _sgd_pass(loss, low, theta, samples, settings, -1.0, generator, draw)
+        high = _sgd_pass(loss, high, theta, samples, settings, 1.0, generator, draw + 1)
         if (value := mean_loss(loss, low, images, labels, batch, views, draw + 2)) < min_loss:
             min_loss, ratio_min = value, ratio(low, theta)
         if (value := mean_loss(loss, high, images, labels, batch, views, draw + 3)) > max_loss:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -82,6 +83,66 @@ def augmented_views(augment: AugmentConfig, n: int, seed: int) -> Views:
     return views
 
 
+@dataclass(frozen=True)
+class SalRun:
+    """How one victim's table is searched, besides its model, images and settings."""
+
+    #: seeds each pair's minibatch orders and augmentation draws (with its layer and epoch)
+    seed: int
+    #: L0 per epoch instead of the loss of the snapshot on the images
+    running_l0: Mapping[int, float] | None = None
+    progress: Progress | None = None
+    name: str = "learnability"
+    #: search on draws of this training augmentation, else on the images as they are
+    augment: AugmentConfig | None = None
+
+
+@dataclass
+class _PairSearch:
+    """The search of one (layer, epoch) pair after another, on one rank."""
+
+    rt: Runtime
+    model: nn.Module
+    snapshots: Mapping[int, Mapping[str, torch.Tensor]]
+    images: torch.Tensor
+    labels: torch.Tensor
+    settings: SearchSettings
+    run: SalRun
+    loaded: int | None = None
+    #: the loss of each snapshot on the images, computed once per epoch
+    eval_l0: dict[int, float] = field(default_factory=dict)
+
+    def row(self, layer: str, epoch: int) -> list[float]:
+        """The pair's :meth:`Sharpness.row`."""
+        run, images, labels, settings = self.run, self.images, self.labels, self.settings
+        if self.loaded != epoch:
+            self.model.load_state_dict(self.snapshots[epoch])
+            self.loaded = epoch
+        loss = classifier_loss(self.model, layer, self.rt)
+        theta = self.model.get_parameter(f"{layer}.weight").detach().clone()
+        views = None
+        if run.augment is not None:
+            views = augmented_views(
+                run.augment, len(images), derive_seed(run.seed, "sal-augment", layer, epoch)
+            )
+        l0: float | None
+        if run.running_l0 is not None:
+            l0 = run.running_l0[epoch]
+        elif views is not None:
+            l0 = None  # the loss of this pair's first draw (search computes it)
+        else:
+            if epoch not in self.eval_l0:
+                self.eval_l0[epoch] = mean_loss(loss, theta, images, labels, settings.eval_batch)
+            l0 = self.eval_l0[epoch]
+        order = generator(run.seed, "sal", layer, epoch)
+        found: Sharpness = (
+            search(loss, theta, images, labels, settings, order, l0)
+            if views is None
+            else search(loss, theta, images, labels, settings, order, l0, views)
+        )
+        return found.row()
+
+
 def sal_table(
     rt: Runtime,
     model: nn.Module,
@@ -90,16 +151,10 @@ def sal_table(
     labels: torch.Tensor,
     layers: Sequence[str],
     settings: SearchSettings,
-    seed: int,
-    running_l0: Mapping[int, float] | None = None,
-    progress: Progress | None = None,
-    name: str = "learnability",
-    augment: AugmentConfig | None = None,
+    run: SalRun,
 ) -> dict[str, Any]:
     """Search every layer of ``layers`` after every epoch of ``snapshots`` (``model``'s state
-    dicts); ``images`` are the model's inputs, on its device and dtype. ``running_l0``: L0 per
-    epoch instead of the loss of the snapshot on ``images``. ``augment``: search on draws of
-    this training augmentation (seeded per layer and epoch), else on ``images`` as they are.
+    dicts); ``images`` are the model's inputs, on its device and dtype.
 
     Returns ``{"epochs": [...], column: {layer: [value per epoch]} for column in COLUMNS}``
     (``l0``: one value per epoch), identical on every rank. Collective.
@@ -108,44 +163,18 @@ def sal_table(
     pairs = [(layer, epoch) for epoch in epochs for layer in layers]
     mine = range(rt.rank, len(pairs), rt.world_size)
     model.eval().requires_grad_(False)
-    loaded, eval_l0 = None, {}
+    pair_search = _PairSearch(rt, model, snapshots, images, labels, settings, run)
     rows = []
-    progress = progress or Progress("none")
-    with progress.stage(name, total_steps=len(mine)) as bar:
+    progress = run.progress or Progress("none")
+    with progress.stage(run.name, total_steps=len(mine)) as bar:
         for index in mine:
-            layer, epoch = pairs[index]
-            if loaded != epoch:
-                model.load_state_dict(snapshots[epoch])
-                loaded = epoch
-            loss = classifier_loss(model, layer, rt)
-            theta = model.get_parameter(f"{layer}.weight").detach().clone()
-            views = None
-            if augment is not None:
-                views = augmented_views(
-                    augment, len(images), derive_seed(seed, "sal-augment", layer, epoch)
-                )
-            l0: float | None
-            if running_l0 is not None:
-                l0 = running_l0[epoch]
-            elif views is not None:
-                l0 = None  # the loss of this pair's first draw (search computes it)
-            else:
-                if epoch not in eval_l0:
-                    eval_l0[epoch] = mean_loss(loss, theta, images, labels, settings.eval_batch)
-                l0 = eval_l0[epoch]
-            order = generator(seed, "sal", layer, epoch)
-            found: Sharpness = (
-                search(loss, theta, images, labels, settings, order, l0)
-                if views is None
-                else search(loss, theta, images, labels, settings, order, l0, views)
-            )
-            rows.append([float(index), *found.row()])
+            rows.append([float(index), *pair_search.row(*pairs[index])])
             bar.advance()
     local = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), 1 + len(COLUMNS))
     gathered = rt.all_gather_rows(local).cpu()
     gathered = gathered[gathered[:, 0].argsort()]
     if gathered[:, 0].tolist() != list(map(float, range(len(pairs)))):
-        raise RuntimeError(f"{name}: the ranks returned {len(gathered)} of {len(pairs)} pairs")
+        raise RuntimeError(f"{run.name}: the ranks returned {len(gathered)} of {len(pairs)} pairs")
     values = gathered[:, 1:].reshape(len(epochs), len(layers), len(COLUMNS))
     out: dict[str, Any] = {"epochs": epochs}
     for c, column in enumerate(COLUMNS):

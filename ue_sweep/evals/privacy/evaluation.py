@@ -27,6 +27,7 @@ from ue_sweep.evals.privacy.config import PrivacyConfig
 from ue_sweep.evals.privacy.public_init import copy_public_weights, freeze_first, public_state
 from ue_sweep.evals.privacy.training import PrivacySpec, train_private_classifier
 from ue_sweep.runtime.seeding import derive_seed
+from ue_sweep.train.run import LabelledData, TrainingRun
 from ue_sweep.uc.controls import control_noises
 from ue_sweep.uc.noise import apply_cluster_noise
 
@@ -141,19 +142,19 @@ def train_dp_victim(
             pretraining["frozen"] = freeze_first(model, freeze)
         result, privacy = train_private_classifier(
             model,
-            images,
-            data.train_labels,
-            data.test_images,
-            data.test_labels,
-            data.num_classes,
+            LabelledData(
+                images, data.train_labels, data.test_images, data.test_labels, data.num_classes
+            ),
             recipe,
             spec,
             cfg.dataset.augment,
-            rt,
-            seed=derive_seed(cfg.seed, "victim-data"),
-            progress=ctx.progress,
-            name=f"DP victim ({label})",
-            checkpoint=ctx.checkpoints.stage(stage),
+            TrainingRun(
+                rt,
+                seed=derive_seed(cfg.seed, "victim-data"),
+                progress=ctx.progress,
+                name=f"DP victim ({label})",
+                checkpoint=ctx.checkpoints.stage(stage),
+            ),
         )
         privacy["pretraining"] = pretraining
         return {"result": result.as_dict() | {"privacy": privacy}, "state": model.state_dict()}

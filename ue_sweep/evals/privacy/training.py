@@ -38,19 +38,13 @@ from ue_sweep.config import AugmentConfig, TrainingConfig
 from ue_sweep.data.batches import Augmenter
 from ue_sweep.models.classifiers import FeatureClassifier
 from ue_sweep.runtime.distributed import Runtime
-from ue_sweep.runtime.progress import Progress
 from ue_sweep.runtime.seeding import generator
-from ue_sweep.store.checkpoint import NO_CHECKPOINT, Resumable, StageCheckpoint
-from ue_sweep.train.classifier import (
-    EVAL_BATCH,
-    EpochRecord,
-    TrainResult,
-    evaluation_due,
-    step_sums,
-)
-from ue_sweep.train.evaluate import EvalResult, class_counts, evaluate, input_dtype
+from ue_sweep.store.checkpoint import Resumable
+from ue_sweep.train.classifier import EpochRecord, EpochTester, TrainResult, step_sums
+from ue_sweep.train.evaluate import input_dtype
 from ue_sweep.train.loop import EpochClose, EpochLoop
 from ue_sweep.train.recipes import upcast
+from ue_sweep.train.run import LabelledData, TrainingRun
 
 #: the clipping bound of ``epsilon = inf``: every per-sample factor min(1, C / norm) is exactly 1
 NO_CLIPPING = sys.float_info.max
@@ -141,41 +135,45 @@ def noise_multiplier(spec: PrivacySpec, sample_rate: float, steps: int) -> float
     )
 
 
-def train_private_classifier(
+@dataclass(frozen=True)
+class DPPlan:
+    """The sampling and noise of a DP run, fixed before its first step."""
+
+    n: int
+    steps_per_epoch: int
+    sample_rate: float
+    total_steps: int
+    noise_multiplier: float
+
+    @classmethod
+    def of(cls, n: int, cfg: TrainingConfig, spec: PrivacySpec) -> DPPlan:
+        steps_per_epoch, q, total_steps = sampling(n, cfg.batch_size, cfg.epochs)
+        return cls(n, steps_per_epoch, q, total_steps, noise_multiplier(spec, q, total_steps))
+
+
+@dataclass
+class _PrivateOptimizer:
+    """Opacus' engine, its GradSampleModule and DP optimizer around the victim's SGD."""
+
+    engine: Any
+    module: torch.nn.Module
+    optimizer: torch.optim.SGD
+    dp_optimizer: Any
+    schedule: torch.optim.lr_scheduler.CosineAnnealingLR
+
+
+def _make_private(
     model: FeatureClassifier,
-    train_images: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_images: torch.Tensor,
-    test_labels: torch.Tensor,
-    num_classes: int,
     cfg: TrainingConfig,
     spec: PrivacySpec,
-    augment: AugmentConfig,
-    rt: Runtime,
-    seed: int,
-    progress: Progress,
-    name: str,
-    checkpoint: StageCheckpoint = NO_CHECKPOINT,
-) -> tuple[TrainResult, dict[str, Any]]:
-    """Train the DP-safe ``model`` in place with DP-SGD; returns the result and the privacy
-    record (epsilon spent from the accountant, noise multiplier, sample rate, steps, ...).
-
-    Resumes from ``checkpoint`` (the accountant and the noise stream included), saves one after
-    every epoch, and stops at a checkpoint when preemption is requested.
-    """
+    plan: DPPlan,
+    noise: torch.Generator,
+) -> _PrivateOptimizer:
+    """Opacus' distributed path over the job's process group (world size 1 included, one path):
+    DPDDP broadcasts rank 0's weights; make_private then builds the DistributedDPOptimizer."""
     from opacus import PrivacyEngine
     from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
-    from opacus.utils.batch_memory_manager import BatchSplittingSampler
 
-    n = len(train_images)
-    steps_per_epoch, q, total_steps = sampling(n, cfg.batch_size, cfg.epochs)
-    sigma = noise_multiplier(spec, q, total_steps)
-    train_counts = class_counts(train_labels, num_classes)
-    logical_batches = PoissonBatches(n, q, steps_per_epoch, rt.rank, rt.world_size, seed)
-    augmenter = Augmenter(augment, n, seed)
-    noise = generator(seed, "dp-noise")
-    # Opacus' distributed path over the job's process group (world size 1 included, one path):
-    # DPDDP broadcasts rank 0's weights; make_private then builds the DistributedDPOptimizer.
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
@@ -183,98 +181,147 @@ def train_private_classifier(
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant=spec.accountant)
     # The loader only tells make_private q = 1 / len(loader); batches come from PoissonBatches.
-    index_loader = DataLoader(TensorDataset(torch.arange(n)), batch_size=cfg.batch_size)
+    index_loader = DataLoader(TensorDataset(torch.arange(plan.n)), batch_size=cfg.batch_size)
     module, dp_optimizer, _ = engine.make_private(
         module=DPDDP(model),
         optimizer=optimizer,
         data_loader=index_loader,
-        noise_multiplier=sigma,
+        noise_multiplier=plan.noise_multiplier,
         max_grad_norm=spec.max_grad_norm if spec.private else NO_CLIPPING,
         noise_generator=noise,
         poisson_sampling=True,
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=total_steps, eta_min=cfg.min_lr
+        optimizer, T_max=plan.total_steps, eta_min=cfg.min_lr
     )
-    resumable = Resumable(
-        checkpoint,
-        model=model,
-        optimizer=optimizer,
-        schedule=schedule,
-        accountant=engine.accountant,
-        noise=_GeneratorState(noise),
-    )
-    # running sums: [sum of per-sample losses, correct, samples] of the epoch on this rank
-    epochs = EpochLoop(resumable, rt, progress, name, cfg.epochs, steps_per_epoch, num_sums=3)
-    loop = epochs.start()
-    lr = optimizer.param_groups[0]["lr"]
-    test: EvalResult | None = None
+    return _PrivateOptimizer(engine, module, optimizer, dp_optimizer, schedule)
 
-    def batches(epoch: int, first_step: int) -> Iterable[torch.Tensor]:
-        nonlocal lr
-        model.train()
-        augmenter.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        return logical_batches.epoch(epoch, first_step)
 
-    def step(local: torch.Tensor, sums: torch.Tensor) -> None:
+@dataclass
+class _PrivateEpochs:
+    """The batches, step and close of :func:`train_private_classifier`'s epoch loop."""
+
+    dp: _PrivateOptimizer
+    logical_batches: PoissonBatches
+    augmenter: Augmenter
+    tester: EpochTester
+    physical_batch: int
+
+    def __post_init__(self) -> None:
+        self.lr: float = self.dp.optimizer.param_groups[0]["lr"]
+
+    def batches(self, epoch: int, first_step: int) -> Iterable[torch.Tensor]:
+        self.tester.model.train()
+        self.augmenter.set_epoch(epoch)
+        self.lr = self.dp.optimizer.param_groups[0]["lr"]
+        return self.logical_batches.epoch(epoch, first_step)
+
+    def step(self, local: torch.Tensor, sums: torch.Tensor) -> None:
+        from opacus.utils.batch_memory_manager import BatchSplittingSampler
+
+        dp, data = self.dp, self.tester.data
         chunks = BatchSplittingSampler(
-            sampler=[local.tolist()], max_batch_size=spec.physical_batch, optimizer=dp_optimizer
+            sampler=[local.tolist()], max_batch_size=self.physical_batch, optimizer=dp.dp_optimizer
         )
         for chunk in chunks:
             sums += _physical_step(
-                module, dp_optimizer, chunk, train_images, train_labels, augmenter, rt
+                dp.module,
+                dp.dp_optimizer,
+                chunk,
+                data.train_images,
+                data.train_labels,
+                self.augmenter,
+                self.tester.rt,
             )
-        schedule.step()
+        dp.schedule.step()
 
-    def close(epoch: int, totals: torch.Tensor, started: float) -> EpochClose:
-        nonlocal test
-        evaluated = evaluation_due(cfg, epoch)
-        if evaluated:
-            test = evaluate(
-                model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts
-            )
-        record = EpochRecord.close(epoch, totals.tolist(), test if evaluated else None, lr, started)
+    def close(self, epoch: int, totals: torch.Tensor, started: float) -> EpochClose:
+        record = self.tester.close(epoch, totals, started, self.lr, average=False)
         return EpochClose(asdict(record), record.shown())
 
+
+def train_private_classifier(
+    model: FeatureClassifier,
+    data: LabelledData,
+    cfg: TrainingConfig,
+    spec: PrivacySpec,
+    augment: AugmentConfig,
+    run: TrainingRun,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Train the DP-safe ``model`` in place with DP-SGD; returns the result and the privacy
+    record (epsilon spent from the accountant, noise multiplier, sample rate, steps, ...).
+
+    Resumes from ``run.checkpoint`` (the accountant and the noise stream included), saves one
+    after every epoch, and stops at a checkpoint when preemption is requested (``run.placement``
+    is not used: batches are gathered from where the images are).
+    """
+    rt, seed = run.rt, run.seed
+    n = len(data.train_images)
+    plan = DPPlan.of(n, cfg, spec)
+    logical_batches = PoissonBatches(
+        n, plan.sample_rate, plan.steps_per_epoch, rt.rank, rt.world_size, seed
+    )
+    augmenter = Augmenter(augment, n, seed)
+    noise = generator(seed, "dp-noise")
+    dp = _make_private(model, cfg, spec, plan, noise)
+    resumable = Resumable(
+        run.checkpoint,
+        model=model,
+        optimizer=dp.optimizer,
+        schedule=dp.schedule,
+        accountant=dp.engine.accountant,
+        noise=_GeneratorState(noise),
+    )
+    # running sums: [sum of per-sample losses, correct, samples] of the epoch on this rank
+    epochs = EpochLoop(
+        resumable, rt, run.progress, run.name, cfg.epochs, plan.steps_per_epoch, num_sums=3
+    )
+    loop = epochs.start()
+    tester = EpochTester(model, data, cfg, rt)
+    steps = _PrivateEpochs(dp, logical_batches, augmenter, tester, spec.physical_batch)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_HOOK_WARNING)
-        epochs.run(loop, batches, step, close)
-    if test is None:  # resumed after the last epoch had finished
-        test = evaluate(model, test_images, test_labels, num_classes, EVAL_BATCH, rt, train_counts)
+        epochs.run(loop, steps.batches, steps.step, steps.close)
+    q = plan.sample_rate
     result = TrainResult(
-        test=test,
+        test=tester.final(),
         per_device_batch=max(1, round(q * n / rt.world_size)),
         global_batch=max(1, round(q * n)),
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=plan.steps_per_epoch,
         seconds=loop.seconds,
         sync_batchnorm=False,
         average_last=cfg.average_last,
         history=[EpochRecord(**r) for r in loop.history],
     )
-    privacy = {
+    return result, _privacy_record(spec, plan, dp.engine.accountant, cfg.epochs)
+
+
+def _privacy_record(
+    spec: PrivacySpec, plan: DPPlan, accountant: Any, epochs: int
+) -> dict[str, Any]:
+    """What the run guarantees, as the result records it."""
+    return {
         # None: the noise multiplier was given, epsilon is only what was spent
         "target_epsilon": None
         if spec.noise_multiplier is not None
         else (spec.epsilon if spec.private else "inf"),
         # what the accountant says was spent over every step taken (None: no guarantee)
-        "epsilon": float(engine.accountant.get_epsilon(spec.delta)) if spec.private else None,
+        "epsilon": float(accountant.get_epsilon(spec.delta)) if spec.private else None,
         "delta": spec.delta,
-        "noise_multiplier": sigma,
+        "noise_multiplier": plan.noise_multiplier,
         "max_grad_norm": spec.max_grad_norm if spec.private else None,
-        "sample_rate": q,
-        "steps": total_steps,
+        "sample_rate": plan.sample_rate,
+        "steps": plan.total_steps,
         # steps the accountant saw (its history compresses equal steps into one entry)
-        "accounted_steps": sum(int(s) for _, _, s in engine.accountant.history),
-        "steps_per_epoch": steps_per_epoch,
-        "expected_batch": q * n,
+        "accounted_steps": sum(int(s) for _, _, s in accountant.history),
+        "steps_per_epoch": plan.steps_per_epoch,
+        "expected_batch": plan.sample_rate * plan.n,
         "accountant": spec.accountant,
         "clipping": "flat" if spec.private else "none",
         "sampling": "poisson",
         "secure_mode": False,
-        "epochs": cfg.epochs,
+        "epochs": epochs,
     }
-    return result, privacy
 
 
 def _physical_step(

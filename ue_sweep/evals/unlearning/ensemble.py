@@ -36,6 +36,7 @@ from ue_sweep.runtime.seeding import derive_seed
 from ue_sweep.store.artifacts import ArtifactStore, StageKey
 from ue_sweep.store.keys import sisa_slice_key
 from ue_sweep.train.classifier import EVAL_BATCH, train_classifier
+from ue_sweep.train.run import LabelledData, TrainingRun
 
 #: columns of the per-shard record each rank contributes to a fit's gathered records; then
 #: ``slice_steps`` and ``slice_seconds``, one per slice, as recorded when each was trained
@@ -217,21 +218,21 @@ class SisaTrainer:
         epochs = self.epochs[s]
         # One test evaluation per slice (its last epoch): the constituent's accuracy as it grows.
         recipe = replace(self.cfg.victim, epochs=epochs, eval_every=epochs, average_last=1)
-        result = train_classifier(
-            model,
+        data = LabelledData(
             self.images[seen.to(self.images.device)],
             self.labels[seen.to(self.labels.device)],
             self.test_images,
             self.test_labels,
             self.num_classes,
-            recipe,
-            self.cfg.dataset.augment,
+        )
+        run = TrainingRun(
             self.rt.solo(),
             seed=derive_seed(self.cfg.seed, "sisa-data", k, s),
             progress=self.progress,
             name=f"{self.name} shard {k} slice {s}",
             placement=self.placement,
         )
+        result = train_classifier(model, data, recipe, self.cfg.dataset.augment, run)
         return {
             "slice": s,
             "epochs": epochs,

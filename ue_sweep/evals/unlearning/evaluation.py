@@ -209,17 +209,25 @@ def _cost(
     }
 
 
-def run(ctx: EvalContext, cfg: UnlearningConfig) -> dict[str, Any]:
-    root, data, rt = ctx.cfg, ctx.data, ctx.rt
-    n = len(data.train_images)
-    removed = removed_points("evals.unlearning", cfg, n, root.seed)
-    part = partition(n, cfg.shards, cfg.slices, root.seed)
-    left = part.without(removed)
-    epochs = slice_epochs(epoch_budget(cfg, root), cfg.slices)
-    reference = _reference(data, len(removed), root.seed)
+@dataclass(frozen=True)
+class _Requests:
+    """The unlearning requests and the partitions they are served on."""
+
+    removed: torch.Tensor
+    #: the hold-out images paired with the removed points
+    reference: torch.Tensor
+    part: Partition
+    #: ``part`` without the removed points
+    left: Partition
+    epochs: list[int]
+
+
+def _queries(data: ImageSplits, requests: _Requests) -> Queries:
+    """Every fit's query rows: the test set, the removed points, their paired hold-out images."""
+    removed, reference = requests.removed, requests.reference
     assert data.holdout_images is not None and data.holdout_labels is not None
     on = data.train_images.device
-    queries = Queries(
+    return Queries(
         images=torch.cat(
             [
                 data.test_images,
@@ -230,8 +238,89 @@ def run(ctx: EvalContext, cfg: UnlearningConfig) -> dict[str, Any]:
         test_labels=data.test_labels.cpu(),
         member_labels=data.train_labels[removed.to(data.train_labels.device)].cpu(),
         reference_labels=data.holdout_labels[reference.to(data.holdout_labels.device)].cpu(),
-        member_shards=torch.tensor([k for k, _ in part.locate(removed)]),
+        member_shards=torch.tensor([k for k, _ in requests.part.locate(removed)]),
     )
+
+
+def _sisa_trainer(
+    ctx: EvalContext, condition: str, images: torch.Tensor, epochs: list[int]
+) -> SisaTrainer:
+    data = ctx.data
+    return SisaTrainer(
+        cfg=ctx.cfg,
+        rt=ctx.rt,
+        images=images,
+        labels=data.train_labels,
+        images_digest=ctx.images_digest(images),
+        data_identity=ctx.data_identity,
+        test_images=data.test_images,
+        test_labels=data.test_labels,
+        num_classes=data.num_classes,
+        new_model=ctx.new_victim_model,
+        epochs=epochs,
+        progress=ctx.progress,
+        store=ctx.stages.store,
+        placement=ctx.placement,
+        name=f"sisa ({condition})",
+    )
+
+
+def _condition(
+    ctx: EvalContext,
+    cfg: UnlearningConfig,
+    condition: str,
+    requests: _Requests,
+    queries: Queries,
+) -> dict[str, Any]:
+    """One training pool's SISA fits before and after the requests, what they cost, and the
+    single model they are read against."""
+    root, removed, epochs = ctx.cfg, requests.removed, requests.epochs
+    images = {"clean": ctx.data.train_images, "protected": ctx.protection.images}[condition]
+    sisa = _sisa_trainer(ctx, condition, images, epochs)
+    before = sisa.fit(requests.part, queries.images, removed)
+    after = sisa.fit(requests.left, queries.images, removed)
+    scored = {"before": queries.scored(before), "after": queries.scored(after)}
+    return {
+        "accuracy": {when: s["accuracy"] for when, s in scored.items()},
+        "attacks": {when: s["attacks"] for when, s in scored.items()},
+        "cost": _cost(
+            before,
+            after,
+            requests.part.first_changed(removed),
+            requests.left,
+            epochs,
+            epoch_budget(cfg, root),
+            root.victim.batch_size,
+        ),
+        "initial": {
+            "computed_slices": int(sum(cfg.slices - r["start"] for r in before.shards)),
+            "steps": int(before.total("steps")),
+            "seconds": before.total("seconds"),
+        },
+        # Removed points among each constituent's training indices, read from the
+        # checkpoints it was rebuilt from: all of them before, none after.
+        "removed_in_training": {
+            "before": int(before.total("removed_seen")),
+            "after": int(after.total("removed_seen")),
+        },
+        # One model on the whole pool, before and after its full retrain without the
+        # requests, attacked on the same points (the baseline SISA is read against)
+        "single_model": monolithic_attacks(
+            ctx, condition, images, removed, queries, {a: SCORES[a] for a in ATTACKS}
+        ),
+    }
+
+
+def run(ctx: EvalContext, cfg: UnlearningConfig) -> dict[str, Any]:
+    root, data = ctx.cfg, ctx.data
+    n = len(data.train_images)
+    removed = removed_points("evals.unlearning", cfg, n, root.seed)
+    part = partition(n, cfg.shards, cfg.slices, root.seed)
+    left = part.without(removed)
+    epochs = slice_epochs(epoch_budget(cfg, root), cfg.slices)
+    reference = _reference(data, len(removed), root.seed)
+    requests = _Requests(removed, reference, part, left, epochs)
+    queries = _queries(data, requests)
     ctx.progress.info(
         "unlearning: %d shards x %d slices (%s epochs per slice), %d requests from %s",
         cfg.shards,
@@ -240,7 +329,6 @@ def run(ctx: EvalContext, cfg: UnlearningConfig) -> dict[str, Any]:
         len(removed),
         "random points" if cfg.request_file is None else cfg.request_file,
     )
-    pools = {"clean": data.train_images, "protected": ctx.protection.images}
     outcome: dict[str, Any] = {
         "shards": cfg.shards,
         "slices": cfg.slices,
@@ -254,62 +342,5 @@ def run(ctx: EvalContext, cfg: UnlearningConfig) -> dict[str, Any]:
         "conditions": {},
     }
     for condition in cfg.conditions:
-        images = pools[condition]
-        sisa = SisaTrainer(
-            cfg=root,
-            rt=rt,
-            images=images,
-            labels=data.train_labels,
-            images_digest=ctx.images_digest(images),
-            data_identity=ctx.data_identity,
-            test_images=data.test_images,
-            test_labels=data.test_labels,
-            num_classes=data.num_classes,
-            new_model=ctx.new_victim_model,
-            epochs=epochs,
-            progress=ctx.progress,
-            store=ctx.stages.store,
-            placement=ctx.placement,
-            name=f"sisa ({condition})",
-        )
-        before = sisa.fit(part, queries.images, removed)
-        after = sisa.fit(left, queries.images, removed)
-        scored = {"before": queries.scored(before), "after": queries.scored(after)}
-        outcome["conditions"][condition] = {
-            "accuracy": {when: s["accuracy"] for when, s in scored.items()},
-            "attacks": {when: s["attacks"] for when, s in scored.items()},
-            "cost": _cost(
-                before,
-                after,
-                part.first_changed(removed),
-                left,
-                epochs,
-                epoch_budget(cfg, root),
-                root.victim.batch_size,
-            ),
-            "initial": {
-                "computed_slices": int(sum(cfg.slices - r["start"] for r in before.shards)),
-                "steps": int(before.total("steps")),
-                "seconds": before.total("seconds"),
-            },
-            # Removed points among each constituent's training indices, read from the
-            # checkpoints it was rebuilt from: all of them before, none after.
-            "removed_in_training": {
-                "before": int(before.total("removed_seen")),
-                "after": int(after.total("removed_seen")),
-            },
-            # One model on the whole pool, before and after its full retrain without the
-            # requests, attacked on the same points (the baseline SISA is read against)
-            "single_model": monolithic_attacks(
-                ctx,
-                condition,
-                images,
-                removed,
-                queries.images,
-                queries.test_labels,
-                queries.member_labels,
-                queries.reference_labels,
-                {a: SCORES[a] for a in ATTACKS},
-            ),
-        }
+        outcome["conditions"][condition] = _condition(ctx, cfg, condition, requests, queries)
     return outcome

@@ -20,6 +20,7 @@ from ue_sweep.evals.unlearning.aggregate import accuracy
 
 if TYPE_CHECKING:
     from ue_sweep.evals.context import EvalContext
+    from ue_sweep.evals.unlearning.evaluation import Queries
 
 #: rows per forward pass (memory only)
 BATCH = 512
@@ -42,15 +43,14 @@ def monolithic_attacks(
     condition: str,
     images: torch.Tensor,
     removed: torch.Tensor,
-    queries: torch.Tensor,
-    test_labels: torch.Tensor,
-    member_labels: torch.Tensor,
-    reference_labels: torch.Tensor,
+    queries: Queries,
     scores: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
 ) -> dict[str, Any]:
     """Accuracy and each attack of ``scores`` (on log-posteriors and labels) of the single model
-    before and after its full retrain; ``queries``: the test images, the removed points, then
-    as many hold-out images (the ensemble's query rows)."""
+    before and after its full retrain; ``queries``: the ensemble's query rows (the test images,
+    the removed points, then as many hold-out images) and their labels."""
+    test_labels, member_labels = queries.test_labels, queries.member_labels
+    reference_labels = queries.reference_labels
     labels = ctx.data.train_labels
     keep = torch.ones(len(images), dtype=torch.bool)
     keep[removed] = False
@@ -69,7 +69,7 @@ def monolithic_attacks(
     out: dict[str, Any] = {"train_size": {"before": len(images), "after": len(rows)}}
     for when, (label, x, y) in trained.items():
         result = ctx.train_victim(label, x, labels=y)
-        p = _posteriors(ctx, label, queries)
+        p = _posteriors(ctx, label, queries.images)
         ctx.victims.pop(label)  # a baseline, not a victim of the job's
         log_p = p.clamp_min(torch.finfo(p.dtype).tiny).log()
         test, rest = log_p.split([t, 2 * q])
