@@ -196,7 +196,7 @@ def test_a_grid_with_a_missing_dataset_never_reaches_sbatch(tmp_path, sbatch_cal
     proc = run_cli([*args, "hydra.sweep.dir=sweep"], cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("job #1 (") and "CIFAR-10 file not found" in line
+    assert line.startswith("job #1 (") and "CIFAR-10 dataset not found" in line
     assert not sbatch_calls.exists() and not (tmp_path / "sweep").exists()
 
 
