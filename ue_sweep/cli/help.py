@@ -15,13 +15,11 @@ from hydra import initialize_config_module
 from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.object_type import ObjectType
-from hydra.errors import HydraException
 from hydra.plugins.config_source import ConfigSource
 from hydra.types import RunMode
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from ue_sweep.errors import UserError
+from ue_sweep.cli.preflight import compose_or_refuse
 
 
 def _groups(repository: ConfigSource, parent: str = "") -> list[str]:
@@ -50,10 +48,7 @@ def app_help(argv: Sequence[str]) -> str:
     with initialize_config_module("ue_sweep.conf", version_base="1.3"):
         hydra = GlobalHydra.instance().hydra
         assert hydra is not None
-        try:
-            cfg = hydra.compose_config("config", args.overrides, RunMode.RUN)
-        except (HydraException, OmegaConfBaseException) as err:
-            raise UserError(f"config error: {str(err).splitlines()[0]}") from None
+        cfg = compose_or_refuse(lambda: hydra.compose_config("config", args.overrides, RunMode.RUN))
         repository = hydra.config_loader.repository  # type: ignore[attr-defined]
         groups = _groups(repository)
 

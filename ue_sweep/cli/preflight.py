@@ -81,7 +81,7 @@ def check_command_line(argv: Sequence[str]) -> None:
                 f"{sweep_only[0]} applies to a multirun (ue-sweep -m ...): a single run does not "
                 "go through the launcher"
             )
-        master = _compose(lambda: loader.load_configuration("config", overrides, mode))
+        master = compose_or_refuse(lambda: loader.load_configuration("config", overrides, mode))
         if mode == RunMode.RUN:
             _check_job(master, "run", tasks=1, here=True)
             return
@@ -114,7 +114,7 @@ def _check_sweep_job(
 ) -> str | None:
     """Why job ``num`` of a multirun would be refused, or None."""
     try:
-        cfg = _compose(lambda: loader.load_sweep_config(master, list(job)))
+        cfg = compose_or_refuse(lambda: loader.load_sweep_config(master, list(job)))
         with open_dict(cfg):
             cfg.hydra.job.num = num
         _check_job(cfg, "sweep", tasks, here)
@@ -212,7 +212,8 @@ def _check_override(override: Override, loader: ConfigLoaderImpl) -> None:
         raise unknown_key_error(key, _values(override)[0] if override.value_type else None)
 
 
-def _compose(load: Callable[[], DictConfig]) -> DictConfig:
+def compose_or_refuse(load: Callable[[], DictConfig]) -> DictConfig:
+    """``load()``, with Hydra's and OmegaConf's errors turned into one-line refusals."""
     try:
         return load()
     except (HydraException, OmegaConfBaseException) as err:
