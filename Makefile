@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench lint format clean
+.PHONY: install demo test test-slow test-all bench lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ue-sweep
 
+# The suite without the tests marked slow (scheduler jobs, multi-process groups, whole jobs);
+# under 15 minutes on 2 idle cores. CI (.ci/run) runs the slow ones too.
 test: $(STAMP)
+	$(BIN)/pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
+
+test-all: $(STAMP)
 	$(BIN)/pytest
 
 # Side-by-side speed ratios and the scale projection (benchmarks/), about 35 minutes on 2 cores;

@@ -8,6 +8,7 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from ue_sweep.config import TrainerConfig
@@ -101,6 +102,7 @@ def _racing_job(root: str, name: str, out: str, hold_s: float) -> None:
         Path(out).write_text(json.dumps([outcome["by"], stages.provenance["victim-clean"]]))
 
 
+@pytest.mark.slow
 def test_two_jobs_racing_for_one_artifact_compute_it_once_and_agree(tmp_path):
     ctx = mp.get_context("spawn")
     jobs = [

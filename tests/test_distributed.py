@@ -61,6 +61,7 @@ def _run(fn, world: int, *args) -> dict:
     return torch.load(args[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("scope", "output"), [("all", "reference"), ("cluster", "tanh")])
 def test_two_ranks_with_batch_b_train_the_same_generators_as_one_rank_with_2b(
     tmp_path, scope, output
@@ -79,6 +80,7 @@ def test_two_ranks_with_batch_b_train_the_same_generators_as_one_rank_with_2b(
     assert moved > 1e-3, "training changed the generators"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scope", ["all", "cluster"])
 def test_direct_patterns_train_the_same_on_two_ranks_with_b_as_on_one_with_2b(tmp_path, scope):
     args = (scope, "tanh", "direct")

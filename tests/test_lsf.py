@@ -211,6 +211,7 @@ def _where_and_threads() -> tuple:
     return (*_where(), cpu_threads(TrainerConfig(), env_from_launcher()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("params", "launch_host"),
     [
@@ -362,6 +363,7 @@ def _requeue_once(counter: Path) -> str:
     return "second run"
 
 
+@pytest.mark.slow
 def test_rank_0_requeues_through_the_job_shell(lsf):
     # item 9: the emulator refuses brequeue inside tasks, as sites without LSF on compute nodes;
     # the job shell's exit code, named by bsub -Q, requeues the job
@@ -431,6 +433,7 @@ def test_the_warning_signal_checkpoints_and_requeues_and_the_job_finishes(lsf):
     assert "resumed 1x" in output
 
 
+@pytest.mark.slow
 def test_the_summit_preset_refuses_to_submit_without_a_project(lsf):
     proc = run_cli(["-m", "hydra/launcher=summit", *SMOKE, "hydra.sweep.dir=sweep"], cwd=lsf)
     assert proc.returncode != 0
@@ -451,6 +454,7 @@ def test_a_detached_sweep_is_followed_rerun_cancelled_and_reported(lsf):
     assert _bsub_count(lsf) == 1, "one job array for the grid, nothing more"
 
 
+@pytest.mark.slow
 def test_a_grid_with_a_missing_dataset_never_reaches_bsub(lsf):
     args = ["-m", *LSF_SWEEP, *SMOKE, "dataset=digits,cifar10", f"paths.data_dir={lsf / 'none'}"]
     proc = run_cli([*args, "hydra.sweep.dir=sweep"], cwd=lsf)
@@ -460,6 +464,7 @@ def test_a_grid_with_a_missing_dataset_never_reaches_bsub(lsf):
     assert _bsub_count(lsf) == 0 and not (lsf / "sweep").exists()
 
 
+@pytest.mark.slow
 def test_check_only_prints_the_plan_and_calls_no_bsub(lsf):
     args = ["-m", "hydra/launcher=summit", "hydra.launcher.project=ABC", *SMOKE, "seed=0,1"]
     proc = run_cli([*args, "hydra.launcher.check_only=true", "hydra.sweep.dir=sweep"], cwd=lsf)

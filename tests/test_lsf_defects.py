@@ -50,6 +50,7 @@ def _requeue_once_late(counter: Path) -> str:
     return "second run"
 
 
+@pytest.mark.slow
 def test_a_requeue_does_not_race_the_job_shells_exit(lsf, monkeypatch):
     # finding 2: brequeue lands after the shell that called it has exited (mbatchd acts later);
     # bsub -Q needs no command at all
@@ -88,6 +89,7 @@ def _wait_for_signal(folder: Path, limit_s: float = 30) -> str:
     return "signalled" if got else "never signalled"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "params",
     [{"lsf_allocation": "nnodes", "lsf_task_launcher": "jsrun"}, {}],
@@ -119,6 +121,7 @@ def _local_gpus() -> tuple:
     return (os.environ["JSM_NAMESPACE_LOCAL_RANK"], os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
+@pytest.mark.slow
 def test_one_resource_set_per_node_shares_the_nodes_gpus(lsf, tmp_path):
     # finding 6: CUDA IPC needs the node's GPUs in one resource set
     lines = make_bsub_script(
@@ -173,6 +176,7 @@ def _requeued_by_hand(counter: Path) -> str:
     return "done"
 
 
+@pytest.mark.slow
 def test_bhist_reads_the_last_run_of_a_requeued_job_without_scanning_every_log(lsf, monkeypatch):
     # finding 8: the first run's "Exited" line must not win over the last run's end, and
     # `bhist -n 0` reads every event log file

@@ -50,6 +50,7 @@ def test_the_hpc_grid_keeps_its_world_size_of_48_on_every_preset(preset):
     assert launcher.nodes * launcher.tasks_per_node == 48
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["frontier", "perlmutter", "jsm"])
 def test_a_preset_refuses_to_submit_without_its_account(tmp_path, preset):
     proc = run_cli(["-m", f"hydra/launcher={preset}", *SMOKE, "hydra.sweep.dir=s"], cwd=tmp_path)
@@ -58,6 +59,7 @@ def test_a_preset_refuses_to_submit_without_its_account(tmp_path, preset):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("preset", "asks"),
     [

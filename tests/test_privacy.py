@@ -247,6 +247,7 @@ def test_epsilon_spent_is_within_the_target_and_what_an_independent_accountant_s
     assert len(result.history) == 2 and result.test.total == 36
 
 
+@pytest.mark.slow
 def test_one_and_two_gloo_ranks_give_the_same_accounting_and_model(tmp_path):
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     dist_workers.train_private(DistEnv(), str(one), 4.0)

@@ -101,6 +101,7 @@ def sweep(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_report_command_writes_the_table_csv_figures_and_lists_missing_jobs(sweep, tmp_path):
     wandb_dir = tmp_path / "wandb-files"
     proc = run_cli(

@@ -329,10 +329,14 @@ def test_sigterm_outside_a_scheduler_records_interrupted(tmp_path: Path):
     assert (record["status"], record["error"]["type"]) == ("interrupted", "Interrupted")
 
 
+@pytest.mark.slow
 def test_rerunning_a_job_that_failed_before_saving_state_is_no_restart(tmp_path: Path):
     # clusters.k=5000 is refused once the data is loaded, before any stage saves state.
     for _ in range(2):
         proc = run_cli(["clusters.k=5000", "hydra.run.dir=job"], cwd=tmp_path, timeout=120)
         assert proc.returncode == 2
+        expected = "clusters.k=5000 is not accepted; expected at most the 1347 training images"
+        assert expected in proc.stderr
+        assert "surrogate fit" not in proc.stdout
     record = json.loads((tmp_path / "job" / "result.json").read_text())
     assert (record["status"], record["restarts"]) == ("failed", 0)

@@ -126,6 +126,7 @@ def test_a_request_retrains_only_its_shards_and_only_from_its_slice(rt, tmp_path
     assert torch.equal(reused.posteriors, after.posteriors)
 
 
+@pytest.mark.slow
 def test_one_and_two_ranks_give_the_same_ensemble(tmp_path):
     removed = [5, 17, 40]
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"

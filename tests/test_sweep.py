@@ -180,6 +180,7 @@ def _grid(experiment: str) -> list[tuple[str, int, int]]:
     return grid
 
 
+@pytest.mark.slow
 def test_the_hpc_grid_preset_is_six_datasets_by_six_batch_sizes_on_48_gpus():
     grid = _grid("hpc_grid")
     assert len(grid) == 36

@@ -236,6 +236,7 @@ def test_a_grid_with_one_jobs_data_missing_is_refused_whole_one_line_per_bad_job
     assert not (tmp_path / "sweep").exists(), "nothing written, nothing submitted"
 
 
+@pytest.mark.slow
 def test_check_only_prints_the_plan_and_runs_nothing(tmp_path):
     args = ["-m", *SMOKE, "seed=0,1", "hydra.launcher.check_only=true", "hydra.sweep.dir=sweep"]
     proc = run_cli(args, cwd=tmp_path)
