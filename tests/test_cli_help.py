@@ -35,3 +35,26 @@ def test_the_help_is_hydras(argv):
 def test_a_bad_override_with_help_is_one_line():
     with pytest.raises(UserError, match=r"^config error: .*dataset/nope"):
         app_help(["dataset=nope", "--help"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "needed"),
+    [
+        (["batch_size.per_device=-1"], False),
+        (["--help"], False),
+        (["seed=3", "clusters=5"], False),
+        (["-m", "seed=0,1"], True),
+        (["--multirun", "seed=0,1"], True),
+        (["hydra/launcher=slurm"], True),
+        (["hydra.launcher.check_only=true"], True),
+        (["experiment=smoke"], True),
+        (["--hydra-help"], True),
+        (["--cfg", "hydra"], True),
+        (["--config-name=mine"], True),
+        (["-cd", "/somewhere"], True),
+    ],
+)
+def test_only_a_command_line_that_can_reach_a_launcher_registers_them(argv, needed):
+    from ue_sweep.cli.compose import needs_launchers
+
+    assert needs_launchers(argv) is needed

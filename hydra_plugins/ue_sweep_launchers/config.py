@@ -1,6 +1,8 @@
 """Structured configs of the launchers, in Hydra's ``hydra/launcher`` group."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Hydra's plugin scanner (a wheel install, or the
+# checkout on sys.path) executes this module before it is in sys.modules, and dataclasses
+# cannot resolve string annotations then.
 
 from dataclasses import dataclass, field
 from typing import Any

@@ -1,5 +1,6 @@
 """What every entry point sets up before Hydra composes a config: the schema, the resolvers,
-the launchers, and numeric config-group choices (``batch_size=256``)."""
+the launchers (only where the command line can reach them), and numeric config-group choices
+(``batch_size=256``)."""
 
 from __future__ import annotations
 
@@ -81,8 +82,30 @@ def nodes_for(world_size: int, tasks_per_node: int) -> int:
     return world_size // tasks_per_node
 
 
-def _register_launchers() -> None:
-    """Make ue-sweep's launchers known to Hydra.
+# Hydra flags after which the composed config may name a launcher without an override saying so.
+_LAUNCHER_FLAGS = ("-m", "--multirun", "--cfg", "-c", "--info", "-i", "--hydra-help")
+_OWN_CONFIG_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
+
+
+def needs_launchers(argv: Sequence[str]) -> bool:
+    """Whether composing ``ue-sweep ARGV`` may meet ue-sweep's launcher configs.
+
+    A single run never starts a launcher, and its config names one only through an override
+    (``hydra/launcher=...``, ``hydra.launcher.*``) or a preset (``experiment=...``); a refused
+    typo or ``--help`` then answers without importing the launchers (a third of its start-up).
+    """
+    return any(
+        arg in _LAUNCHER_FLAGS
+        or arg.split("=", 1)[0] in _OWN_CONFIG_FLAGS
+        or "launcher" in arg
+        or "experiment" in arg
+        for arg in argv
+    )
+
+
+@cache
+def register_launchers() -> None:
+    """Make ue-sweep's launchers known to Hydra (once per process).
 
     Hydra finds plugins by scanning the ``hydra_plugins`` namespace package, which misses editable
     installs; registering the classes explicitly works for every kind of install. The configs
@@ -90,21 +113,28 @@ def _register_launchers() -> None:
     """
     from hydra.core.plugins import Plugins
 
-    from hydra_plugins.ue_sweep_launchers.config import register
+    from hydra_plugins.ue_sweep_launchers.config import register as store_launcher_configs
     from hydra_plugins.ue_sweep_launchers.launchers import LAUNCHERS
 
     plugins = Plugins.instance()
     for launcher in LAUNCHERS:
         plugins.register(launcher)
-    register()
+    store_launcher_configs()
 
 
 @cache
-def register() -> None:
-    """Make the schema, the resolvers and the launchers known to Hydra (once per process).
+def register_app() -> None:
+    """Make the schema and the resolvers known to Hydra (once per process)."""
+    register_schemas()
+    _register_resolvers()
+
+
+def register(argv: Sequence[str] | None = None) -> None:
+    """Make the schema, the resolvers and, unless ``argv`` is a single run that cannot name
+    one, the launchers known to Hydra.
 
     Every entry point calls this before composing a config; importing this module does not.
     """
-    register_schemas()
-    _register_resolvers()
-    _register_launchers()
+    register_app()
+    if argv is None or needs_launchers(argv):
+        register_launchers()

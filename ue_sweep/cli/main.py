@@ -98,7 +98,7 @@ def main() -> None:
 
         command = status if sys.argv[1] == "status" else cancel
         raise SystemExit(command.main(sys.argv[2:]))
-    register()
+    register(sys.argv[1:])
     sys.argv[1:] = quote_numeric_choices(sys.argv[1:])
     # The same multirun command line maps to the same sweep directory (see conf/config.yaml).
     os.environ.setdefault(SWEEP_NAME_ENV, sweep_name(sys.argv[1:]))
