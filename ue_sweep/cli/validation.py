@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import ue_sweep.evals.registry as evals
 from ue_sweep import config
-from ue_sweep.config import RootConfig, TrainerConfig, TrainingConfig, check_cross_fields
+from ue_sweep.config import RootConfig, TrainerConfig, TrainingConfig
 from ue_sweep.data.registry import check_dataset, dataset_names
 from ue_sweep.errors import ConfigError
 from ue_sweep.models.archs import arch_names
@@ -209,6 +209,48 @@ def _check_accelerator(
             raise ConfigError(
                 f"{key}.sync_batchnorm", True, "null or false when training on the CPU"
             )
+
+
+def check_cross_fields(cfg: RootConfig) -> None:
+    """The rules between fields that the schema alone decides (no registry, no host)."""
+    k = cfg.clusters.k
+    if cfg.clusters.target == "cyclic" and not cfg.clusters.offset < k:
+        raise ConfigError("clusters.offset", cfg.clusters.offset, f"1 <= offset < clusters.k={k}")
+    for name, stage in (("generator", cfg.generator), ("victim", cfg.victim)):
+        if stage.min_lr > stage.lr:
+            raise ConfigError(f"{name}.min_lr", stage.min_lr, f"<= {name}.lr={stage.lr:g}")
+    factor = 2**cfg.generator.n_downsampling
+    if cfg.dataset.image_size < 2 * factor:
+        raise ConfigError(
+            "generator.n_downsampling",
+            cfg.generator.n_downsampling,
+            f"2**n_downsampling <= dataset.image_size/2 = {cfg.dataset.image_size // 2}",
+        )
+    if cfg.generator.kind == "direct" and cfg.generator.output != "tanh":
+        raise ConfigError(
+            "generator.output",
+            cfg.generator.output,
+            "tanh with generator.kind=direct (its patterns are eps * tanh of free parameters)",
+        )
+    if cfg.surrogate.fit_on != "labels" and cfg.surrogate.weights != "fit":
+        raise ConfigError(
+            "surrogate.fit_on",
+            cfg.surrogate.fit_on,
+            f"labels (the default) with surrogate.weights={cfg.surrogate.weights}: "
+            "it chooses what a fitted surrogate is fitted on",
+        )
+    if cfg.surrogate.weights == "path" and not cfg.surrogate.checkpoint:
+        raise ConfigError(
+            "surrogate.checkpoint", None, "a checkpoint file when surrogate.weights=path"
+        )
+    if cfg.surrogate.weights != "path" and cfg.surrogate.checkpoint:
+        # It would be silently unused: the user meant to load it, or it is a leftover.
+        raise ConfigError(
+            "surrogate.checkpoint",
+            cfg.surrogate.checkpoint,
+            f"unset with surrogate.weights={cfg.surrogate.weights} "
+            "(add surrogate.weights=path to load a checkpoint)",
+        )
 
 
 def validate(cfg: RootConfig, on_this_host: bool = True) -> RootConfig:
