@@ -9,6 +9,11 @@ import pytest
 import torch
 
 from tests.conftest import SMOKE, run_cli
+from ue_sweep.cli.validation import to_root_config
+from ue_sweep.data.holdout import reserve_holdout
+from ue_sweep.data.registry import load_dataset
+from ue_sweep.evals.registry import holdout_fraction
+from ue_sweep.job.pipeline import check_against_data
 
 pytestmark = pytest.mark.slow
 
@@ -149,13 +154,27 @@ def test_a_sweep_over_defenses_trains_the_noise_once(tmp_path):
 EVERY = ("victims", "defenses", "learnability", "membership", "privacy", "unlearning")
 
 
+def test_the_smoke_preset_takes_every_evaluation(compose_cfg):
+    """Issue 23's command as it is: the config checks and the checks against the loaded data
+    accept all six evaluations on the smoke preset, without an extra override."""
+    cfg = to_root_config(compose_cfg("experiment=smoke", f"evals=[{','.join(EVERY)}]"))
+    data = reserve_holdout(
+        load_dataset(cfg.dataset, cfg.paths), holdout_fraction(cfg.evals), cfg.dataset.split_seed
+    )
+    check_against_data(cfg, data)
+    assert list(cfg.evals) == list(EVERY)
+
+
 @pytest.mark.timeout(1800)
 def test_the_smoke_preset_runs_every_evaluation(tmp_path):
-    """The preset a user tries first runs all six evaluations without an extra override (issue
-    23's command, as it is). SISA's budget, unset, is the smoke victims' 1 epoch raised to one
-    epoch per slice; the victims average over the epochs they have, and say over how many."""
+    """All six evaluations in one smoke job. Learnability searches fewer layers and steps than
+    the authors' defaults: as they are (17 victims x 6 layers x 10 steps) they took 10 of the 14.5
+    minutes of issue 23's exact command on 2 idle cores, more than CI can hold. SISA's budget,
+    unset, is the smoke victims' 1 epoch raised to one epoch per slice; the victims average over
+    the epochs they have, and say over how many."""
     every = f"evals=[{','.join(EVERY)}]"
-    proc = run_cli(["experiment=smoke", every], cwd=tmp_path, timeout=1800)
+    quick = ["evals.learnability.layers=head", "evals.learnability.steps=2"]
+    proc = run_cli(["experiment=smoke", every, *quick], cwd=tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = (tmp_path / "outputs").rglob("result.json")
     record = json.loads(path.read_text())
