@@ -16,7 +16,6 @@ import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +121,8 @@ def atomic_torch_save(path: Path, payload: Any) -> None:
 
 
 def versions() -> dict[str, str | None]:
+    from importlib import metadata  # here: a refused command line answers without it
+
     def dist_version(name: str) -> str | None:
         try:
             return metadata.version(name)
