@@ -275,13 +275,13 @@ def _wait(job: submitit.Job, limit_s: float = 120) -> None:
         time.sleep(0.5)
 
 
-def _wait_for_lsf_end(lsf: Path, job: submitit.Job, limit_s: float = 120) -> None:
+def _wait_for_lsf_end(job: submitit.Job, limit_s: float = 120) -> None:
     """Wait until the emulated LSF itself records the job's end: submitit calls a job done as
     soon as its result file exists, while the job's shell (and so its LSF state) may still run."""
     _wait(job, limit_s)
-    state = lsf / "lsf-state" / f"job_{job.job_id.split('_')[0]}.json"
+    main = int(job.job_id.split("_")[0])
     deadline = time.monotonic() + limit_s
-    while json.loads(state.read_text())["elements"]["0"]["stat"] not in ("DONE", "EXIT"):
+    while lsf_emulator.load(main)["elements"]["0"]["stat"] not in ("DONE", "EXIT"):
         assert time.monotonic() < deadline, f"LSF never ended job {job.job_id}"
         time.sleep(0.2)
 
@@ -333,7 +333,7 @@ def test_forgotten_jobs_fall_back_to_bhist_then_are_lost_after_a_bounded_time(ls
     executor = submitit.AutoExecutor(folder=lsf / "jobs" / "%j", cluster="lsf")
     executor.update_parameters(timeout_min=10)
     finished, running = executor.submit(os._exit, 0), executor.submit(time.sleep, 300)
-    _wait_for_lsf_end(lsf, finished)
+    _wait_for_lsf_end(finished)
     while running.state != "RUNNING":
         time.sleep(0.2)
     for log in (lsf / "jobs").glob("lsf_*.out"):

@@ -211,7 +211,7 @@ def test_cancel_kills_and_records_every_job_it_can_and_names_the_others(lsf, mon
     # finding 9: bkill exits 255 as soon as one id has ended, yet ends the others
     running = _running_sleeper(lsf)
     finished = _executor(lsf).submit(pow, 2, 2)
-    _wait_for_lsf_end(lsf, finished)
+    _wait_for_lsf_end(finished)
     table = _table(lsf, {0: running.job_id, 1: finished.job_id}, now())
     refused = LSFScheduler(lsf / "jobs" / "%j").cancel([running.job_id, finished.job_id])
     assert refused == {finished.job_id: "Job has already finished"}
