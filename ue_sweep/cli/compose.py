@@ -82,8 +82,9 @@ def nodes_for(world_size: int, tasks_per_node: int) -> int:
     return world_size // tasks_per_node
 
 
-# Hydra flags after which the composed config may name a launcher without an override saying so.
-_LAUNCHER_FLAGS = ("-m", "--multirun", "--cfg", "-c", "--info", "-i", "--hydra-help")
+# Hydra flags and keys after which the composed config may name a launcher without an
+# override saying so (`hydra.mode=MULTIRUN` makes a run a multirun).
+_LAUNCHER_FLAGS = ("-m", "--multirun", "--cfg", "-c", "--info", "-i", "--hydra-help", "hydra.mode")
 _OWN_CONFIG_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
 
 
@@ -95,8 +96,7 @@ def needs_launchers(argv: Sequence[str]) -> bool:
     typo or ``--help`` then answers without importing the launchers (a third of its start-up).
     """
     return any(
-        arg in _LAUNCHER_FLAGS
-        or arg.split("=", 1)[0] in _OWN_CONFIG_FLAGS
+        arg.split("=", 1)[0].lstrip("+~") in (*_LAUNCHER_FLAGS, *_OWN_CONFIG_FLAGS)
         or "launcher" in arg
         or "experiment" in arg
         for arg in argv
