@@ -276,6 +276,26 @@ def test_a_sweep_name_inside_multirun_is_accepted(tmp_path, monkeypatch):
     check_command_line(["-m", *SMOKE, "seed=0,1"])
 
 
+def test_hydra_mode_multirun_is_checked_as_the_multirun_hydra_runs(tmp_path, monkeypatch):
+    """Without ``-m``, ``hydra.mode=MULTIRUN`` makes Hydra run a multirun (``hydra.get_mode``):
+    each job of its grid is checked, and launcher settings are not refused as single-run ones."""
+    grid = [*SMOKE, "hydra.mode=MULTIRUN", "clusters.k=1,3"]
+    message = refusal(grid, tmp_path, monkeypatch)
+    assert message.startswith("job #0 (experiment=smoke trainer.progress=log clusters.k=1): ")
+    assert "clusters.k=1 is not accepted" in message and "#1" not in message
+    check_command_line(
+        [
+            *SMOKE,
+            "hydra.mode=MULTIRUN",
+            "hydra/launcher=local",
+            "seed=0,1",
+            "hydra.launcher.check_only=true",
+        ]
+    )
+    single = [*SMOKE, "hydra/launcher=local", "hydra.launcher.check_only=true"]
+    assert "applies to a multirun" in refusal(single, tmp_path, monkeypatch)
+
+
 def test_a_refused_grid_says_each_cause_once_with_the_jobs_it_blocks(tmp_path, monkeypatch):
     data = tmp_path / "no-data"
     args = ["-m", *SMOKE, "dataset=cifar10,pets", "seed=0,1,2", f"paths.data_dir={data}"]

@@ -72,16 +72,10 @@ def check_command_line(argv: Sequence[str]) -> None:
         assert isinstance(loader, ConfigLoaderImpl)
         for override in parsed:
             _check_override(override, loader)
-        mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
+        sweep_only = [o.key_or_group for o in parsed if o.key_or_group in _SWEEP_ONLY]
+        master, mode = _compose_as_hydra_runs(loader, overrides, args.multirun, sweep_only)
         if mode == RunMode.MULTIRUN and SWEEP_NAME_ENV in os.environ:
             check_sweep_name(os.environ[SWEEP_NAME_ENV])
-        sweep_only = [o.key_or_group for o in parsed if o.key_or_group in _SWEEP_ONLY]
-        if mode == RunMode.RUN and sweep_only:
-            raise UserError(
-                f"{sweep_only[0]} applies to a multirun (ue-sweep -m ...): a single run does not "
-                "go through the launcher"
-            )
-        master = compose_or_refuse(lambda: loader.load_configuration("config", overrides, mode))
         if mode == RunMode.RUN:
             _check_job(master, "run", tasks=1, here=True)
             return
@@ -210,6 +204,51 @@ def _check_override(override: Override, loader: ConfigLoaderImpl) -> None:
                 raise ConfigError(key, value, f"distinct options ({', '.join(twice)} listed twice)")
     elif not override.is_hydra_override() and not _in_schema(key):
         raise unknown_key_error(key, _values(override)[0] if override.value_type else None)
+
+
+def _compose_as_hydra_runs(
+    loader: ConfigLoaderImpl, overrides: list[str], multirun_flag: bool, sweep_only: list[str]
+) -> tuple[DictConfig, RunMode]:
+    """The config and mode Hydra will run (``hydra.get_mode``): ``-m`` is a multirun; otherwise
+    the composed ``hydra.mode`` decides (``hydra.mode=MULTIRUN`` or a preset that sets it asks for
+    a multirun without ``-m``), and unset is a single run. The single-run compose comes first: it
+    is the common case, and it already says the mode."""
+
+    def load(mode: RunMode) -> DictConfig:
+        return compose_or_refuse(lambda: loader.load_configuration("config", overrides, mode))
+
+    if multirun_flag:
+        return load(RunMode.MULTIRUN), RunMode.MULTIRUN
+    try:
+        single: DictConfig | None = load(RunMode.RUN)
+    except UserError:  # sweep values (a,b) or a launcher key: fine only if it is a multirun
+        if _composed_mode(loader, overrides) != RunMode.MULTIRUN:
+            _refuse_sweep_only(sweep_only)
+            raise
+        single = None
+    if single is not None and single.hydra.mode != RunMode.MULTIRUN:
+        _refuse_sweep_only(sweep_only)
+        return single, RunMode.RUN
+    return load(RunMode.MULTIRUN), RunMode.MULTIRUN
+
+
+def _composed_mode(loader: ConfigLoaderImpl, overrides: list[str]) -> RunMode | None:
+    """``hydra.mode`` as Hydra reads it before it runs anything; None when unset or unreadable."""
+    try:
+        cfg = loader.load_configuration(
+            "config", overrides, RunMode.MULTIRUN, validate_sweep_overrides=False
+        )
+    except (HydraException, OmegaConfBaseException):
+        return None
+    return cfg.hydra.mode
+
+
+def _refuse_sweep_only(sweep_only: list[str]) -> None:
+    if sweep_only:
+        raise UserError(
+            f"{sweep_only[0]} applies to a multirun (ue-sweep -m ...): a single run does not "
+            "go through the launcher"
+        )
 
 
 def compose_or_refuse(load: Callable[[], DictConfig]) -> DictConfig:
