@@ -202,8 +202,24 @@ def runtime(env: DistEnv, trainer: TrainerConfig) -> Iterator[Runtime]:
         ) from err
     try:
         yield Runtime(env=env, device=device, backend=backend, precision=trainer.precision)
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # a failed rank leaves at once; its peers' next op fails
+        raise
+    _leave_together(env)
+
+
+def _leave_together(env: DistEnv) -> None:
+    """Close the process group on every rank only after every rank's last collective.
+
+    Otherwise a rank that finishes first (a rank with fewer SISA shards; rank 0 still saving)
+    closes its connections while a peer may still work in the group. One CI run saw rank 0 of a
+    2-rank gloo test abort at its end (SIGABRT, "terminate called without an active
+    exception"); the cause is not pinned down (it did not recur in hundreds of local runs), and
+    this removes the one teardown race the job itself creates.
+    """
+    if env.world_size > 1:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def free_port() -> int:
