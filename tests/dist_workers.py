@@ -126,6 +126,18 @@ def evaluate_and_gather(env: DistEnv, out: str) -> None:
             )
 
 
+def leave_late(env: DistEnv, out: str) -> None:
+    """Rank 0 works on for a second after the last collective; each rank writes when its work
+    ended and when it had left the process group to ``out.<rank>``."""
+    with runtime(env, CPU) as rt:
+        rt.barrier()
+        if rt.rank == 0:
+            time.sleep(1.0)
+        worked = time.time()
+    left = time.time()
+    torch.save({"worked": worked, "left": left}, f"{out}.{env.rank}")
+
+
 def collective_loop() -> None:
     env = env_from_launcher()
     assert env is not None

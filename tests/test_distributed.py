@@ -103,6 +103,15 @@ def test_accuracy_counts_are_exact_over_ranks_without_padding(tmp_path):
     assert two["gathered"].tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
 
 
+@pytest.mark.slow
+def test_no_rank_leaves_the_process_group_before_every_rank_has_ended_its_work(tmp_path):
+    """Rank 1 ends first; it closes its connections only once rank 0, still working, is done."""
+    out = str(tmp_path / "times")
+    spawn(dist_workers.leave_late, 2, (out,))
+    zero, one = torch.load(f"{out}.0"), torch.load(f"{out}.1")
+    assert one["left"] >= zero["worked"]
+
+
 def test_missing_rank_fails_the_rendezvous_after_the_timeout():
     env = DistEnv(rank=0, world_size=2, master_port=free_port())
     started = time.monotonic()
