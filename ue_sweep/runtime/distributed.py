@@ -214,7 +214,7 @@ def _leave_together(env: DistEnv) -> None:
     Otherwise a rank that finishes first (a rank with fewer SISA shards; rank 0 still saving)
     closes its connections while a peer may still work in the group. One CI run saw rank 0 of a
     2-rank gloo test abort at its end (SIGABRT, "terminate called without an active
-    exception"); the cause is not pinned down (it did not recur in hundreds of local runs), and
+    exception"); the cause is not pinned down (it did not recur locally, CPU loaded or not), and
     this removes the one teardown race the job itself creates.
     """
     if env.world_size > 1:
