@@ -220,16 +220,16 @@ def _compose_as_hydra_runs(
     if multirun_flag:
         return load(RunMode.MULTIRUN), RunMode.MULTIRUN
     try:
-        single: DictConfig | None = load(RunMode.RUN)
+        single = load(RunMode.RUN)
     except UserError:  # sweep values (a,b) or a launcher key: fine only if it is a multirun
         if _composed_mode(loader, overrides) != RunMode.MULTIRUN:
             _refuse_sweep_only(sweep_only)
             raise
-        single = None
-    if single is not None and single.hydra.mode != RunMode.MULTIRUN:
-        _refuse_sweep_only(sweep_only)
-        return single, RunMode.RUN
-    return load(RunMode.MULTIRUN), RunMode.MULTIRUN
+        return load(RunMode.MULTIRUN), RunMode.MULTIRUN
+    if single.hydra.mode == RunMode.MULTIRUN:
+        return load(RunMode.MULTIRUN), RunMode.MULTIRUN
+    _refuse_sweep_only(sweep_only)
+    return single, RunMode.RUN
 
 
 def _composed_mode(loader: ConfigLoaderImpl, overrides: list[str]) -> RunMode | None:

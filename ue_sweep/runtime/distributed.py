@@ -211,11 +211,11 @@ def runtime(env: DistEnv, trainer: TrainerConfig) -> Iterator[Runtime]:
 def _leave_together(env: DistEnv) -> None:
     """Close the process group on every rank only after every rank's last collective.
 
-    Otherwise a rank that finishes first (a rank with fewer SISA shards; rank 0 still saving)
-    closes its connections while a peer may still work in the group. One CI run saw rank 0 of a
-    2-rank gloo test abort at its end (SIGABRT, "terminate called without an active
-    exception"); the cause is not pinned down (it did not recur locally, CPU loaded or not), and
-    this removes the one teardown race the job itself creates.
+    Otherwise a rank with nothing left to do after the last collective (rank 1, while rank 0
+    still saves results) closes its connections while a peer may still work in the group. One
+    CI run saw rank 0 of a 2-rank gloo test abort at its end (SIGABRT, "terminate called
+    without an active exception"); the cause is not pinned down (it did not recur locally, CPU
+    loaded or not), and this removes the one teardown race the job itself creates.
     """
     if env.world_size > 1:
         dist.barrier()
